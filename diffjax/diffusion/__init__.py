@@ -1,0 +1,1 @@
+"""Noise schedules, denoiser wrappers and the sampler library (one signature for all)."""

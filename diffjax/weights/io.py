@@ -1,0 +1,117 @@
+"""Reading, writing and checking PyTorch-style state dicts, with no torch required.
+
+A state dict here is a flat `{dotted.key: numpy array}`. Conversion code maps those keys to
+our param tree; `check_state_dict` makes every mismatch an error that lists the keys, so a
+checkpoint is never loaded partially.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class WeightsError(ValueError):
+    """A checkpoint does not match the model it is loaded into."""
+
+
+def _fmt_items(items, limit=8):
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_state_dict(expected: Mapping[str, tuple], got: Mapping[str, np.ndarray],
+                     what: str = "checkpoint") -> None:
+    """Raise WeightsError naming missing, unexpected and mis-shaped keys (first few of each).
+
+    expected: key -> shape the model needs; got: key -> array the file holds.
+    """
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(got)
+                       if tuple(np.shape(got[k])) != tuple(expected[k]))
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{what} does not match the model:"]
+    if missing:
+        lines.append(f"  {len(missing)} missing key(s): "
+                     + _fmt_items(f"{k} {tuple(expected[k])}" for k in missing))
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected key(s): "
+                     + _fmt_items(f"{k} {tuple(np.shape(got[k]))}" for k in unexpected))
+    if misshaped:
+        lines.append(f"  {len(misshaped)} mis-shaped key(s): " + _fmt_items(
+            f"{k} has {tuple(np.shape(got[k]))}, expected {tuple(expected[k])}"
+            for k in misshaped))
+    raise WeightsError("\n".join(lines))
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load a `.safetensors` file (no torch needed) or a torch `.bin`/`.pt` (needs torch).
+
+    bfloat16 tensors come back as `ml_dtypes.bfloat16` numpy arrays (numpy has no bf16).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        out = {}
+        with safe_open(path, framework="flax") as f:
+            for key in f.keys():
+                out[key] = np.asarray(f.get_tensor(key))
+        return out
+    if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
+        try:
+            import torch
+        except ImportError as e:
+            raise WeightsError(
+                f"{path!r} is a PyTorch pickle; reading it needs torch, which is not "
+                "installed. Convert it to .safetensors, or install torch.") from e
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd)
+        return {k: _torch_to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
+    raise WeightsError(f"{path!r}: unknown weights format (expected .safetensors or .bin)")
+
+
+def _torch_to_numpy(t):
+    import torch
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.detach().float().numpy().astype(ml_dtypes.bfloat16)
+    return t.detach().cpu().numpy()
+
+
+def save_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> None:
+    """Write a `.safetensors` file atomically (temp file + rename): never a half file."""
+    from safetensors.numpy import save_file
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=dict(metadata or {"format": "pt"}))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def find_weights_file(folder: str | os.PathLike, stem: str = "diffusion_pytorch_model") -> str:
+    """The weights file of a diffusers/transformers component folder, safetensors first."""
+    folder = os.fspath(folder)
+    candidates = [f"{stem}.safetensors", "model.safetensors", f"{stem}.bin",
+                  "pytorch_model.bin"]
+    for name in candidates:
+        p = os.path.join(folder, name)
+        if os.path.exists(p):
+            return p
+    raise WeightsError(f"no weights file in {folder!r}: looked for {', '.join(candidates)}")
