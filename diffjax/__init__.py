@@ -1,0 +1,8 @@
+"""diffjax: text-to-image latent diffusion research in JAX/Flax.
+
+CLIP text encoder, conditional UNet and KL autoencoder as pure-functional Flax modules,
+every sampler one jitted scan vmapped over per-image seeds, sharded with jax.sharding.
+Importing diffjax never imports torch.
+"""
+
+__version__ = "0.1.0"

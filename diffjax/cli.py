@@ -1,0 +1,102 @@
+"""The `diffjax` command: sample | train | compare | convert | bench | samplers | info.
+
+Each subcommand lives in its own module that exposes `add_arguments(parser)` and
+`run(args) -> int`; this file only maps names to those modules (an explicit dict, imported
+lazily so `diffjax --help` does not import jax). Commands that take a config accept
+`--config=path.py[:args]` (or a saved `config.json`) and any number of
+`--config.key=value` overrides; unknown keys fail naming the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module implementing add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("diffjax.commands.sample", "text-to-image sampling, one prompt or a prompt file"),
+    "train": ("diffjax.commands.train", "train a UNet, VAE or CLIP from a config"),
+    "compare": ("diffjax.commands.compare", "sampler comparison grid: quality vs NFE"),
+    "convert": ("diffjax.convert", "diffusers folder <-> diffjax checkpoint"),
+    "bench": ("diffjax.bench", "throughput, compile time and FLOP utilisation"),
+    "samplers": ("diffjax.commands.samplers", "list every sampler: NFE, order, reference"),
+    "info": ("diffjax.commands.info", "versions, backend, devices and the mesh a config builds"),
+}
+
+
+def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `--config.a.b=value` (or `--config.a.b value`) from the other arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"diffjax: {arg} needs a value")
+                body = f"{body}={argv[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _load_command(name: str):
+    module_name = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            return None
+        raise
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffjax",
+        description="Text-to-image latent diffusion research in JAX/Flax.",
+        epilog="Config overrides: --config.key=value (repeatable) after the subcommand.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported (keeps --help and info fast).
+        if name == selected:
+            module = _load_command(name)
+            if module is None:
+                p.description = f"{help_text} (not available in this version yet)"
+                p.set_defaults(_missing=True)
+            else:
+                module.add_arguments(p)
+                p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = split_config_overrides(argv)
+    selected = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if getattr(args, "_missing", False):
+        print(f"diffjax {args.command}: not available in this version yet.", file=sys.stderr)
+        return 2
+    args.config_overrides = overrides
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"`diffjax {args.command}` takes no --config overrides")
+    from diffjax.config import ConfigError
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as e:
+        print(f"diffjax {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

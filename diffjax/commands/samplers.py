@@ -1,0 +1,13 @@
+"""`diffjax samplers`: the sampler catalogue (name, NFE for N steps, order, noise, reference)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--steps", type=int, default=20, help="N used in the NFE column")
+
+
+def run(args) -> int:
+    from diffjax.diffusion.samplers import catalogue_table
+    print(catalogue_table(steps=args.steps))
+    return 0
