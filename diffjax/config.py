@@ -143,7 +143,7 @@ def _unknown_key_message(key: str, valid: Sequence[str], what: str = "config key
         return max(difflib.SequenceMatcher(None, key, candidate).ratio(),
                    difflib.SequenceMatcher(None, leaf, candidate.rsplit(".", 1)[-1]).ratio())
 
-    close = [c for c in sorted(valid, key=score, reverse=True)[:3] if score(c) >= 0.6]
+    close = [c for c in sorted(valid, key=score, reverse=True)[:3] if score(c) >= 0.5]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return (f"unknown {what} {key!r}{hint} (valid keys: "
             f"{', '.join(sorted(valid)[:40])}{', ...' if len(valid) > 40 else ''})")

@@ -1,0 +1,87 @@
+"""Config system: typed get_config args, locked overrides, JSON round trip, dataclass checks."""
+
+import dataclasses
+import glob
+import json
+import os
+import typing
+
+import pytest
+
+from diffjax import config as cfg
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                             "**", "*.py"), recursive=True))
+
+
+def test_there_are_configs():
+    assert CONFIG_FILES, "configs/ holds no config files"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_loads_locks_and_round_trips(path, tmp_path):
+    c = cfg.load_config(path)
+    with pytest.raises(AttributeError):
+        c.surely_not_a_key = 1           # locked: new keys are typos
+    saved = cfg.save_config(c, str(tmp_path))
+    data = json.loads(open(saved).read())
+    assert data["_diffjax"]["version"]
+    again = cfg.load_config(saved)
+    assert cfg.config_to_dict(again) == cfg.config_to_dict(c)
+
+
+def test_typed_get_config_args():
+    c = cfg.load_config("configs/sample.py:steps=7,sampler=euler,guidance_scale=2")
+    assert c.sampler.steps == 7 and isinstance(c.sampler.steps, int)
+    assert c.sampler.name == "euler"
+    assert c.guidance_scale == 2.0 and isinstance(c.guidance_scale, float)
+    with pytest.raises(cfg.ConfigError, match="'stesp'.*did you mean 'steps'"):
+        cfg.load_config("configs/sample.py:stesp=3")
+    with pytest.raises(cfg.ConfigError, match="'steps'.*cannot parse 'x' as int"):
+        cfg.load_config("configs/sample.py:steps=x")
+
+
+def test_overrides_are_typed_and_typos_fail():
+    c = cfg.load_config("configs/sample.py", ["sampler.steps=3", "mesh.shape=(2,1,4)",
+                                              "guidance_scale=1", "negative_prompt=ugly"])
+    assert c.sampler.steps == 3 and tuple(c.mesh.shape) == (2, 1, 4)
+    assert c.guidance_scale == 1.0 and c.negative_prompt == "ugly"
+    with pytest.raises(cfg.ConfigError, match="'num_stepz'.*did you mean 'sampler.steps'"):
+        cfg.load_config("configs/sample.py", ["num_stepz=3"])
+    with pytest.raises(cfg.ConfigError, match="'sampler.steps'.*cannot parse"):
+        cfg.load_config("configs/sample.py", ["sampler.steps=2.5"])
+    with pytest.raises(cfg.ConfigError, match="'sampler' is a group"):
+        cfg.load_config("configs/sample.py", ["sampler=euler"])
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load_config("configs/nope.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    rate: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    steps: int
+    name: typing.Literal["a", "b"] = "a"
+    inner: _Inner = _Inner()
+    shape: tuple[int, ...] = (1,)
+
+    def __post_init__(self):
+        cfg.check_range("steps", self.steps, lo=1)
+
+
+def test_to_dataclass_checks_fields():
+    s = cfg.to_dataclass({"steps": 3, "inner": {"rate": 1}, "shape": [2, 3]}, _Spec)
+    assert s == _Spec(3, "a", _Inner(1.0), (2, 3))
+    with pytest.raises(cfg.ConfigError, match="steps must be >= 1, got 0"):
+        cfg.to_dataclass({"steps": 0}, _Spec)
+    with pytest.raises(cfg.ConfigError, match="name must be one of"):
+        cfg.to_dataclass({"steps": 1, "name": "c"}, _Spec)
+    with pytest.raises(cfg.ConfigError, match="inner.rate must be a number"):
+        cfg.to_dataclass({"steps": 1, "inner": {"rate": "fast"}}, _Spec)
+    with pytest.raises(cfg.ConfigError, match="'stepz'"):
+        cfg.to_dataclass({"steps": 1, "stepz": 2}, _Spec)
+    with pytest.raises(cfg.ConfigError, match="'steps' is required"):
+        cfg.to_dataclass({}, _Spec)
