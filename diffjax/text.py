@@ -85,6 +85,9 @@ class Tokenizer:
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(folder: str | None = None, max_length: int = MAX_LENGTH) -> Tokenizer:
     """Load a CLIP tokenizer folder (vocab.json + merges.txt); None = the packaged default."""
+    # Without torch, transformers advises that "models won't be available": we only want
+    # its tokenizer, so the advice is noise.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import CLIPTokenizer
 
     folder = folder or default_tokenizer_dir()
