@@ -47,10 +47,12 @@ def check_sigmas(sigmas) -> None:
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
         raise ValueError(f"sigmas must be a 1-D grid of steps+1 >= 2 values, got shape "
                          f"{tuple(sigmas.shape)} (steps must be >= 1)")
-    if isinstance(sigmas, jax.core.Tracer):
-        return
-    s = jnp.asarray(sigmas)
-    if not bool(jnp.all(s[1:] < s[:-1])):
+    try:
+        s = jnp.asarray(sigmas)
+        decreasing = bool(jnp.all(s[1:] < s[:-1]))
+    except jax.errors.ConcretizationTypeError:
+        return  # traced inside jit: checked where the grid is made
+    if not decreasing:
         raise ValueError(f"sigmas must be strictly decreasing, got {s.tolist()}")
     if float(s[-1]) < 0:
         raise ValueError(f"sigmas must end at >= 0, got last value {float(s[-1])}")

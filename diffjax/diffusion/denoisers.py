@@ -1,0 +1,75 @@
+"""From a network to the denoiser D(x, sigma) every sampler calls, with guidance.
+
+SD networks are trained in VP form: given x_vp = sqrt(abar) y + sqrt(1 - abar) n and the
+timestep t, they predict n (eps), v = sqrt(abar) n - sqrt(1 - abar) y, or y (x0). Samplers
+work in VE form, x = x_vp / sqrt(abar) = y + sigma n. The wrapper converts (Karras et al.
+2022, Table 1): c_in = 1 / sqrt(1 + sigma^2), t = t(sigma), and
+    eps: D = x - sigma * eps
+    v:   D = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v
+    x0:  D = x0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+
+from diffjax.diffusion.schedules import sigma_to_t
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def vp_denoiser(model: Callable, train_sigmas, prediction_type: str = "epsilon") -> Callable:
+    """Wrap `model(x_in, t, *cond) -> prediction` into `D(x, sigma, *cond) -> x0_hat`.
+
+    The network runs in its own dtype; the VE<->VP arithmetic runs in float32 (or the
+    sigma dtype), so bf16 networks do not corrupt the sampler state.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r} is not one of "
+                         f"{PREDICTION_TYPES}")
+
+    def denoise(x, sigma, *cond):
+        sigma = jnp.asarray(sigma, x.dtype)
+        c_in = 1.0 / jnp.sqrt(1.0 + sigma ** 2)
+        t = sigma_to_t(sigma, train_sigmas)
+        out = model(x * c_in, t, *cond).astype(x.dtype)
+        if prediction_type == "epsilon":
+            return x - sigma * out
+        if prediction_type == "v_prediction":
+            return x / (1.0 + sigma ** 2) - sigma * c_in * out
+        return out
+
+    return denoise
+
+
+def rescale_guidance(guided, cond_pred, rescale: float):
+    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional
+    one's (over all but the leading axis when batched; whole sample otherwise), then mix."""
+    axes = tuple(range(guided.ndim))
+    std_cond = jnp.std(cond_pred, axis=axes, keepdims=True)
+    std_guided = jnp.std(guided, axis=axes, keepdims=True)
+    rescaled = guided * (std_cond / std_guided)
+    return rescale * rescaled + (1.0 - rescale) * guided
+
+
+def cfg_model(model: Callable, guidance_scale: float, guidance_rescale: float = 0.0):
+    """Classifier-free guidance around a VP network, cond and uncond in ONE network call.
+
+    Returns `guided(x_in, t, context, uncond_context)`: the network sees a batch of two
+    (x stacked with itself, each with its context) and the predictions are combined as
+    uncond + scale * (cond - uncond), optionally rescaled. Guidance acts on the network's
+    own prediction (eps or v), as diffusers does, so rescale means the same thing.
+    """
+    def guided(x_in, t, context, uncond_context):
+        xs = jnp.stack([x_in, x_in])
+        ts = jnp.stack([t, t])
+        ctx = jnp.stack([context, uncond_context])
+        cond_pred, uncond_pred = model(xs, ts, ctx)
+        out = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
+        if guidance_rescale > 0:
+            out = rescale_guidance(out, cond_pred, guidance_rescale)
+        return out
+
+    return guided
