@@ -1,0 +1,161 @@
+"""transformers CLIP checkpoints <-> diffjax CLIP params (text and vision towers).
+
+Reads a `text_encoder/` folder of a diffusers-format Stable Diffusion checkpoint (its
+config.json is a transformers CLIPTextConfig) and writes one back that transformers'
+`CLIPTextModel.from_pretrained` loads. No torch needed for safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.models.clip import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                                 CLIPVisionModel)
+from diffjax.weights.io import WeightsError, find_weights_file, load_state_dict, save_state_dict
+from diffjax.weights.mapping import params_to_state_dict, state_dict_to_params
+
+IGNORED = ("position_ids",)  # a buffer older checkpoints saved; not a parameter
+
+
+def _encoder_rows(prefix: str, n_layers: int):
+    rows = []
+    for i in range(n_layers):
+        p, f = f"{prefix}encoder.layers.{i}.", ("encoder", f"layers_{i}")
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            rows += [(f"{p}self_attn.{name}.weight", f + ("self_attn", name, "kernel"), "linear"),
+                     (f"{p}self_attn.{name}.bias", f + ("self_attn", name, "bias"), "same")]
+        for name in ("layer_norm1", "layer_norm2"):
+            rows += [(f"{p}{name}.weight", f + (name, "scale"), "same"),
+                     (f"{p}{name}.bias", f + (name, "bias"), "same")]
+        for name in ("fc1", "fc2"):
+            rows += [(f"{p}mlp.{name}.weight", f + (name, "kernel"), "linear"),
+                     (f"{p}mlp.{name}.bias", f + (name, "bias"), "same")]
+    return rows
+
+
+def _ln_rows(key: str, name: str):
+    return [(f"{key}.weight", (name, "scale"), "same"), (f"{key}.bias", (name, "bias"), "same")]
+
+
+def text_rows(config: CLIPTextConfig, prefix: str = "text_model."):
+    rows = [(f"{prefix}embeddings.token_embedding.weight", ("token_embedding", "embedding"),
+             "same"),
+            (f"{prefix}embeddings.position_embedding.weight", ("position_embedding",), "same")]
+    rows += _encoder_rows(prefix, config.num_hidden_layers)
+    rows += _ln_rows(f"{prefix}final_layer_norm", "final_layer_norm")
+    if config.projection_dim is not None:
+        rows.append(("text_projection.weight", ("text_projection", "kernel"), "linear"))
+    return rows
+
+
+def vision_rows(config: CLIPVisionConfig, prefix: str = "vision_model."):
+    rows = [(f"{prefix}embeddings.class_embedding", ("class_embedding",), "same"),
+            (f"{prefix}embeddings.patch_embedding.weight", ("patch_embedding", "kernel"), "conv"),
+            (f"{prefix}embeddings.position_embedding.weight", ("position_embedding",), "same")]
+    rows += _ln_rows(f"{prefix}pre_layrnorm", "pre_layrnorm")
+    rows += _encoder_rows(prefix, config.num_hidden_layers)
+    rows += _ln_rows(f"{prefix}post_layernorm", "post_layernorm")
+    if config.projection_dim is not None:
+        rows.append(("visual_projection.weight", ("visual_projection", "kernel"), "linear"))
+    return rows
+
+
+def abstract_text_params(config: CLIPTextConfig):
+    """Param shapes without allocating (jax.eval_shape), logical boxes removed."""
+    import flax.linen as nn
+    ids = jnp.zeros((1, config.max_position_embeddings), jnp.int32)
+    shapes = jax.eval_shape(lambda: CLIPTextModel(config).init(jax.random.key(0), ids))
+    return nn.meta.unbox(shapes)["params"]
+
+
+def abstract_vision_params(config: CLIPVisionConfig):
+    import flax.linen as nn
+    px = jnp.zeros((1, config.image_size, config.image_size, config.num_channels))
+    shapes = jax.eval_shape(lambda: CLIPVisionModel(config).init(jax.random.key(0), px))
+    return nn.meta.unbox(shapes)["params"]
+
+
+def _with_text_prefix(sd):
+    """transformers v5's CLIPTextModel saves its keys without the `text_model.` prefix that
+    v4 (and every SD 1.x/2.x checkpoint) uses; accept both, as the prefixed form."""
+    if any(k.startswith("text_model.") for k in sd):
+        return sd
+    return {(k if k == "text_projection.weight" else "text_model." + k): v
+            for k, v in sd.items()}
+
+
+def text_params_from_state_dict(sd, config: CLIPTextConfig, what="CLIP text checkpoint"):
+    return state_dict_to_params(_with_text_prefix(sd), text_rows(config),
+                                abstract_text_params(config), what, IGNORED)
+
+
+def vision_params_from_state_dict(sd, config: CLIPVisionConfig,
+                                  what="CLIP vision checkpoint"):
+    return state_dict_to_params(sd, vision_rows(config), abstract_vision_params(config), what,
+                                IGNORED)
+
+
+def text_params_to_state_dict(params, config: CLIPTextConfig):
+    return params_to_state_dict(params, text_rows(config))
+
+
+# ---------------------------------------------------------------- configs
+_TEXT_KEYS = [f.name for f in dataclasses.fields(CLIPTextConfig)
+              if f.name not in ("dtype", "attention_impl", "projection_dim")]
+
+
+def clip_text_config_from_hf(d: dict, with_projection: bool | None = None) -> CLIPTextConfig:
+    """A transformers CLIPTextConfig dict (config.json) -> CLIPTextConfig."""
+    d = d.get("text_config", d)
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")
+               if k not in d]
+    if missing:
+        raise WeightsError(f"CLIP text config lacks {missing}")
+    archs = d.get("architectures") or []
+    if with_projection is None:
+        with_projection = any("WithProjection" in a for a in archs)
+    kw = {k: d[k] for k in _TEXT_KEYS if k in d}
+    return CLIPTextConfig(**kw, projection_dim=d.get("projection_dim", 512)
+                          if with_projection else None)
+
+
+def clip_text_config_to_hf(config: CLIPTextConfig) -> dict:
+    d = {k: getattr(config, k) for k in _TEXT_KEYS}
+    d.update(model_type="clip_text_model", bos_token_id=0,
+             architectures=["CLIPTextModelWithProjection" if config.projection_dim
+                            else "CLIPTextModel"],
+             projection_dim=config.projection_dim or 768, torch_dtype="float32",
+             attention_dropout=0.0, dropout=0.0, initializer_factor=1.0,
+             initializer_range=0.02)
+    return d
+
+
+# ---------------------------------------------------------------- folders
+def load_text_encoder(folder: str) -> tuple[CLIPTextConfig, dict]:
+    """A `text_encoder/` folder (config.json + model.safetensors | pytorch_model.bin)."""
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_path):
+        raise WeightsError(f"text encoder folder {folder!r} has no config.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        config = clip_text_config_from_hf(json.load(f))
+    sd = load_state_dict(find_weights_file(folder, stem="model"))
+    if config.projection_dim is None and "text_projection.weight" in sd:
+        config = dataclasses.replace(config, projection_dim=sd["text_projection.weight"].shape[0])
+    return config, text_params_from_state_dict(sd, config, f"text encoder in {folder}")
+
+
+def export_text_encoder(config: CLIPTextConfig, params, folder: str) -> None:
+    """Write config.json + model.safetensors that transformers loads."""
+    os.makedirs(folder, exist_ok=True)
+    sd = {k: np.asarray(v, np.float32) for k, v in text_params_to_state_dict(params, config).items()}
+    save_state_dict(sd, os.path.join(folder, "model.safetensors"))
+    tmp = os.path.join(folder, "config.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(clip_text_config_to_hf(config), f, indent=2)
+    os.replace(tmp, os.path.join(folder, "config.json"))
