@@ -33,7 +33,6 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (layers.CONV_IN, "fsdp"),
     (layers.CONV_OUT, "tensor"),
     (layers.NORM, None),
-    (layers.KERNEL_SPATIAL, None),
     (layers.POSITION, None),
 )
 

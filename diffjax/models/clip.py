@@ -214,8 +214,7 @@ class CLIPVisionModel(nn.Module):
                           dtype=dtype, name="patch_embedding",
                           kernel_init=nn.with_logical_partitioning(
                               nn.initializers.normal(0.02),
-                              (layers.KERNEL_SPATIAL, layers.KERNEL_SPATIAL, layers.CONV_IN,
-                               EMBED)))(pixels.astype(dtype))
+                              (None, None, layers.CONV_IN, EMBED)))(pixels.astype(dtype))
         b = patches.shape[0]
         patches = patches.reshape(b, -1, c.hidden_size)
         cls = self.param("class_embedding", nn.with_logical_partitioning(

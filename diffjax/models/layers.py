@@ -26,7 +26,6 @@ VOCAB = "vocab"          # token table rows
 CONV_IN = "conv_in"      # input channels of a convolution
 CONV_OUT = "conv_out"    # output channels of a convolution
 NORM = "norm"            # scales/biases of normalisation layers (replicated)
-KERNEL_SPATIAL = "kernel_spatial"  # conv kernel height/width (replicated)
 POSITION = "position"    # position-embedding rows (replicated)
 
 ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
@@ -125,3 +124,190 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True,
     if dim % 2 == 1:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
     return emb
+
+
+# ---------------------------------------------------------------------------------------
+# Convolutional and transformer blocks shared by the UNet and the VAE (diffusers' layouts;
+# module names mirror diffusers' so weights map key by key). Activations are NHWC.
+# ---------------------------------------------------------------------------------------
+import flax.linen as nn  # noqa: E402
+
+
+def conv(features, kernel=3, stride=1, padding=1, dtype=jnp.float32, name=None):
+    pad = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad,
+                   dtype=dtype, name=name,
+                   kernel_init=nn.with_logical_partitioning(
+                       nn.initializers.lecun_normal(),
+                       (None, None, CONV_IN, CONV_OUT)),  # kernel h, w: replicated
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (CONV_OUT,)))
+
+
+def dense(features, axes=(EMBED, MLP), use_bias=True, dtype=jnp.float32, name=None):
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                    kernel_init=nn.with_logical_partitioning(
+                        nn.initializers.lecun_normal(), axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+def group_norm(groups, eps, name=None):
+    """GroupNorm with float32 statistics (bf16 variance over 64x64x320 loses digits)."""
+    return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=jnp.float32, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (NORM,)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (NORM,)))
+
+
+def layer_norm(eps, name=None):
+    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (NORM,)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (NORM,)))
+
+
+class ResnetBlock2D(nn.Module):
+    """diffusers' ResnetBlock2D: GN-SiLU-conv, + projected time embedding, GN-SiLU-conv,
+    1x1 shortcut when the channel count changes. temb=None for the VAE."""
+    out_channels: int
+    groups: int = 32
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb=None):
+        h = nn.silu(group_norm(self.groups, self.eps, "norm1")(x)).astype(self.dtype)
+        h = conv(self.out_channels, dtype=self.dtype, name="conv1")(h)
+        if temb is not None:
+            t = dense(self.out_channels, (EMBED, CONV_OUT), dtype=self.dtype,
+                      name="time_emb_proj")(nn.silu(temb))
+            h = h + t[:, None, None, :]
+        h = nn.silu(group_norm(self.groups, self.eps, "norm2")(h)).astype(self.dtype)
+        h = conv(self.out_channels, dtype=self.dtype, name="conv2")(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, padding=0, dtype=self.dtype, name="conv_shortcut")(x)
+        return x + h
+
+
+class Downsample2D(nn.Module):
+    """Stride-2 3x3 conv. padding=1 (UNet) or 0 with a (0,1) pad first (VAE encoder)."""
+    channels: int
+    padding: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if self.padding == 0:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return conv(self.channels, 3, 2, self.padding, self.dtype, name="conv")(x)
+
+
+class Upsample2D(nn.Module):
+    """Nearest-neighbour 2x, then a 3x3 conv."""
+    channels: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return conv(self.channels, dtype=self.dtype, name="conv")(x)
+
+
+class Attention(nn.Module):
+    """diffusers' Attention (to_q/to_k/to_v, to_out.0) on tokens [B, N, C]; with
+    `norm_groups` it group-normalises its input first and adds a residual, as the VAE's
+    mid-block attention does."""
+    heads: int
+    head_dim: int
+    out_dim: int
+    qkv_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    impl: str = "xla"
+    norm_groups: int = 0
+
+    @nn.compact
+    def __call__(self, x, context=None):
+        residual = x
+        if self.norm_groups:
+            x = group_norm(self.norm_groups, 1e-6, "group_norm")(x).astype(self.dtype)
+        context = x if context is None else context
+        inner = self.heads * self.head_dim
+        b = x.shape[0]
+        q = dense(inner, (EMBED, HEADS), self.qkv_bias, self.dtype, "to_q")(x)
+        k = dense(inner, (EMBED, HEADS), self.qkv_bias, self.dtype, "to_k")(context)
+        v = dense(inner, (EMBED, HEADS), self.qkv_bias, self.dtype, "to_v")(context)
+        split = lambda t: t.reshape(b, t.shape[1], self.heads, self.head_dim)  # noqa: E731
+        out = attention(split(q), split(k), split(v), impl=self.impl)
+        out = out.reshape(b, x.shape[1], inner)
+        out = dense(self.out_dim, (HEADS, EMBED), True, self.dtype, "to_out_0")(out)
+        return out + residual if self.norm_groups else out
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, cross-attention, GEGLU feed-forward; pre-LN with residuals."""
+    dim: int
+    heads: int
+    head_dim: int
+    dtype: jnp.dtype = jnp.float32
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, context):
+        attn = lambda name: Attention(self.heads, self.head_dim, self.dim,  # noqa: E731
+                                      dtype=self.dtype, impl=self.impl, name=name)
+        x = x + attn("attn1")(layer_norm(1e-5, "norm1")(x).astype(self.dtype))
+        x = x + attn("attn2")(layer_norm(1e-5, "norm2")(x).astype(self.dtype), context)
+        h = layer_norm(1e-5, "norm3")(x).astype(self.dtype)
+        return x + FeedForward(self.dim, self.dtype, name="ff")(h)
+
+
+class GEGLU(nn.Module):
+    """Shazeer 2020: a linear layer to 2x width, one half gating the other through GELU."""
+    dim_out: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = dense(self.dim_out * 2, (EMBED, MLP), dtype=self.dtype, name="proj")(x)
+        hidden, gate = jnp.split(h, 2, axis=-1)
+        return hidden * jax.nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nn.Module):
+    """diffusers' FeedForward: net.0 = GEGLU(dim -> 4 dim), net.2 = linear back to dim."""
+    dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = GEGLU(self.dim * 4, self.dtype, name="net_0")(x)
+        return dense(self.dim, (MLP, EMBED), dtype=self.dtype, name="net_2")(h)
+
+
+class Transformer2D(nn.Module):
+    """diffusers' Transformer2DModel for SD: GN, proj_in (1x1 conv or linear), transformer
+    blocks over the H*W tokens with cross-attention to the text context, proj_out, residual."""
+    channels: int
+    heads: int
+    depth: int = 1
+    use_linear_projection: bool = False
+    groups: int = 32
+    dtype: jnp.dtype = jnp.float32
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, context):
+        b, h, w, c = x.shape
+        head_dim = self.channels // self.heads
+        y = group_norm(self.groups, 1e-6, "norm")(x).astype(self.dtype)
+        if self.use_linear_projection:
+            y = dense(self.channels, (EMBED, EMBED), dtype=self.dtype,
+                      name="proj_in")(y.reshape(b, h * w, c))
+        else:
+            y = conv(self.channels, 1, padding=0, dtype=self.dtype,
+                     name="proj_in")(y).reshape(b, h * w, self.channels)
+        for i in range(self.depth):
+            y = BasicTransformerBlock(self.channels, self.heads, head_dim, self.dtype,
+                                      self.impl, name=f"transformer_blocks_{i}")(y, context)
+        if self.use_linear_projection:
+            y = dense(c, (EMBED, EMBED), dtype=self.dtype, name="proj_out")(y).reshape(b, h, w, c)
+        else:
+            y = conv(c, 1, padding=0, dtype=self.dtype, name="proj_out")(y.reshape(b, h, w, -1))
+        return x + y

@@ -33,3 +33,33 @@ CLIP_VISION_PRESETS: dict[str, CLIPVisionConfig] = {
                              num_attention_heads=4, image_size=32, patch_size=8,
                              projection_dim=32),
 }
+
+# ---------------------------------------------------------------------------------------
+# UNet and VAE
+# ---------------------------------------------------------------------------------------
+from diffjax.models.unet import UNetConfig  # noqa: E402
+from diffjax.models.vae import VAEConfig  # noqa: E402
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    # SD 1.4 / 1.5: 859,520,964 params, 8 heads per block, conv projections.
+    "sd15": UNetConfig(),
+    # SD 2.0 / 2.1 base (512, eps): OpenCLIP context 1024, 64-dim heads, linear projections.
+    "sd21-base": UNetConfig(attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                            use_linear_projection=True),
+    # SD 2.0 / 2.1 768-v: same network, 96x96 latents; trained with v-prediction
+    # (the pipeline's prediction_type comes from the checkpoint's scheduler config).
+    "sd21-768": UNetConfig(sample_size=96, attention_head_dim=(5, 10, 20, 20),
+                           cross_attention_dim=1024, use_linear_projection=True),
+    # Tests, benchmarks and the random-weight default: 32x32 images through a 2x VAE.
+    "tiny": UNetConfig(sample_size=16, block_out_channels=(32, 64),
+                       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                       layers_per_block=1, attention_head_dim=4, cross_attention_dim=32,
+                       norm_num_groups=8),
+}
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "sd": VAEConfig(),  # the SD 1.x/2.x KL-f8 autoencoder, scaling_factor 0.18215
+    "tiny": VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                      sample_size=32),
+}

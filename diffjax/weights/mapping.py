@@ -77,3 +77,31 @@ def params_to_state_dict(params, rows: Sequence[Row]) -> dict[str, np.ndarray]:
     """Nested Flax params -> torch-layout state dict (numpy), for export."""
     return {key: np.ascontiguousarray(_TO_TORCH[layout](np.asarray(get_path(params, path))))
             for key, path, layout in rows}
+
+
+# ----------------------------------------------------------------------------------------
+# rows derived from module names that mirror the torch module tree
+# ----------------------------------------------------------------------------------------
+import re  # noqa: E402
+
+# Flax names "down_blocks_0_resnets_1" <-> torch "down_blocks.0.resnets.1" for these lists.
+_LIST_NAMES = re.compile(r"(down_blocks|up_blocks|resnets|attentions|downsamplers|upsamplers|"
+                         r"transformer_blocks|to_out|net)_(\d+)(_?)")
+_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+def _torch_name(element: str) -> str:
+    return _LIST_NAMES.sub(lambda m: f"{m[1]}.{m[2]}" + ("." if m[3] else ""), element)
+
+
+def auto_rows(abstract_params, prefix: str = "") -> list[Row]:
+    """Rows for a module whose Flax names mirror the torch module names."""
+    rows = []
+    for path, leaf in sorted(flatten_paths(abstract_params).items()):
+        *mods, last = path
+        key = prefix + ".".join([_torch_name(m) for m in mods] + [_LEAF[last]])
+        ndim = len(leaf.shape)
+        layout = "conv" if (last == "kernel" and ndim == 4) else (
+            "linear" if last == "kernel" else "same")
+        rows.append((key, path, layout))
+    return rows

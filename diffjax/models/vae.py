@@ -1,0 +1,134 @@
+"""AutoencoderKL (Rombach et al. 2022), numerically as diffusers'.
+
+encode: image [B,H,W,3] in [-1,1] -> DiagonalGaussian over latents [B,H/f,W/f,C];
+decode: latents -> image. The UNet works on `scaling_factor * latents` (0.18215 for SD);
+the pipeline divides by it before decoding. Module names mirror diffusers'. NHWC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffjax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    sample_size: int = 512
+    scaling_factor: float = 0.18215
+    dtype: str = "float32"
+    attention_impl: str = "xla"
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagonalGaussian:
+    mean: jax.Array
+    logvar: jax.Array   # clipped to [-30, 20] as diffusers
+
+    @property
+    def std(self):
+        return jnp.exp(0.5 * self.logvar)
+
+    def sample(self, key):
+        return self.mean + self.std * jax.random.normal(key, self.mean.shape, self.mean.dtype)
+
+    def mode(self):
+        return self.mean
+
+
+jax.tree_util.register_dataclass(DiagonalGaussian, data_fields=["mean", "logvar"],
+                                 meta_fields=[])
+
+
+class VAEMidBlock(nn.Module):
+    channels: int
+    groups: int
+    dtype: jnp.dtype
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        x = layers.ResnetBlock2D(self.channels, self.groups, 1e-6, self.dtype, name="resnets_0")(x)
+        b, h, w, c = x.shape
+        x = layers.Attention(1, c, c, qkv_bias=True, dtype=self.dtype, impl=self.impl,
+                             norm_groups=self.groups, name="attentions_0")(
+            x.reshape(b, h * w, c)).reshape(b, h, w, c)
+        return layers.ResnetBlock2D(self.channels, self.groups, 1e-6, self.dtype,
+                                    name="resnets_1")(x)
+
+
+class Encoder(nn.Module):
+    config: VAEConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c, dtype = self.config, jnp.dtype(self.config.dtype)
+        ch = c.block_out_channels
+        x = layers.conv(ch[0], dtype=dtype, name="conv_in")(x.astype(dtype))
+        for i, out in enumerate(ch):
+            for j in range(c.layers_per_block):
+                x = layers.ResnetBlock2D(out, c.norm_num_groups, 1e-6, dtype,
+                                         name=f"down_blocks_{i}_resnets_{j}")(x)
+            if i < len(ch) - 1:
+                x = layers.Downsample2D(out, 0, dtype, name=f"down_blocks_{i}_downsamplers_0")(x)
+        x = VAEMidBlock(ch[-1], c.norm_num_groups, dtype, c.attention_impl, name="mid_block")(x)
+        x = nn.silu(layers.group_norm(c.norm_num_groups, 1e-6, "conv_norm_out")(x))
+        return layers.conv(2 * c.latent_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
+
+
+class Decoder(nn.Module):
+    config: VAEConfig
+
+    @nn.compact
+    def __call__(self, z):
+        c, dtype = self.config, jnp.dtype(self.config.dtype)
+        ch = c.block_out_channels[::-1]
+        x = layers.conv(ch[0], dtype=dtype, name="conv_in")(z.astype(dtype))
+        x = VAEMidBlock(ch[0], c.norm_num_groups, dtype, c.attention_impl, name="mid_block")(x)
+        for i, out in enumerate(ch):
+            for j in range(c.layers_per_block + 1):
+                x = layers.ResnetBlock2D(out, c.norm_num_groups, 1e-6, dtype,
+                                         name=f"up_blocks_{i}_resnets_{j}")(x)
+            if i < len(ch) - 1:
+                x = layers.Upsample2D(out, dtype, name=f"up_blocks_{i}_upsamplers_0")(x)
+        x = nn.silu(layers.group_norm(c.norm_num_groups, 1e-6, "conv_norm_out")(x))
+        return layers.conv(c.out_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
+
+
+class AutoencoderKL(nn.Module):
+    config: VAEConfig
+
+    def setup(self):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        self.encoder = Encoder(c)
+        self.decoder = Decoder(c)
+        self.quant_conv = layers.conv(2 * c.latent_channels, 1, padding=0, dtype=dtype)
+        self.post_quant_conv = layers.conv(c.latent_channels, 1, padding=0, dtype=dtype)
+
+    def encode(self, x) -> DiagonalGaussian:
+        moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
+        mean, logvar = jnp.split(moments, 2, axis=-1)
+        return DiagonalGaussian(mean, jnp.clip(logvar, -30.0, 20.0))
+
+    def decode(self, z):
+        return self.decoder(self.post_quant_conv(z)).astype(jnp.float32)
+
+    def __call__(self, x, key=None):
+        posterior = self.encode(x)
+        z = posterior.mode() if key is None else posterior.sample(key)
+        return self.decode(z)

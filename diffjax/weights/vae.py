@@ -1,0 +1,87 @@
+"""diffusers AutoencoderKL folders <-> diffjax VAE params and config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.models.vae import AutoencoderKL, VAEConfig
+from diffjax.weights.io import WeightsError, find_weights_file, load_state_dict, save_state_dict
+from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
+from diffjax.weights.unet import _write_json
+
+_FIELDS = [f.name for f in dataclasses.fields(VAEConfig) if f.name not in ("dtype",
+                                                                          "attention_impl")]
+# Attention names of checkpoints saved before diffusers 0.14.
+_LEGACY = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
+           ".proj_attn.": ".to_out.0."}
+
+
+def abstract_vae_params(config: VAEConfig):
+    import flax.linen as nn
+    f = config.downsample_factor
+    x = jnp.zeros((1, 2 * f, 2 * f, config.in_channels))
+    shapes = jax.eval_shape(lambda: AutoencoderKL(config).init(jax.random.key(0), x))
+    return nn.meta.unbox(shapes)["params"]
+
+
+def vae_rows(config: VAEConfig):
+    return auto_rows(abstract_vae_params(config))
+
+
+def _modernise(sd):
+    out = {}
+    for k, v in sd.items():
+        for old, new in _LEGACY.items():
+            k = k.replace(old, new)
+        if v.ndim == 4 and ".attentions." in k and v.shape[2:] == (1, 1):
+            v = v[:, :, 0, 0]  # legacy 1x1-conv attention projections
+        out[k] = v
+    return out
+
+
+def vae_config_from_diffusers(d: dict, **overrides) -> VAEConfig:
+    for k, allowed in (("down_block_types", "DownEncoderBlock2D"),
+                       ("up_block_types", "UpDecoderBlock2D")):
+        if any(t != allowed for t in d.get(k, [allowed])):
+            raise WeightsError(f"VAE {k} {d[k]} not supported (only {allowed})")
+    kw = {k: (tuple(d[k]) if isinstance(d[k], list) else d[k]) for k in _FIELDS if k in d}
+    kw.update(overrides)
+    return VAEConfig(**kw)
+
+
+def vae_config_to_diffusers(config: VAEConfig) -> dict:
+    d = {k: (list(v) if isinstance(v, tuple) else v)
+         for k, v in ((k, getattr(config, k)) for k in _FIELDS)}
+    n = len(config.block_out_channels)
+    d.update(_class_name="AutoencoderKL", act_fn="silu", down_block_types=[
+        "DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n)
+    return d
+
+
+def vae_params_from_state_dict(sd, config: VAEConfig, what="VAE checkpoint"):
+    return state_dict_to_params(_modernise(sd), vae_rows(config), abstract_vae_params(config),
+                                what)
+
+
+def load_vae(folder: str, **overrides) -> tuple[VAEConfig, dict]:
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_path):
+        raise WeightsError(f"VAE folder {folder!r} has no config.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        config = vae_config_from_diffusers(json.load(f), **overrides)
+    sd = load_state_dict(find_weights_file(folder))
+    return config, vae_params_from_state_dict(sd, config, f"VAE in {folder}")
+
+
+def export_vae(config: VAEConfig, params, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    sd = {k: np.asarray(v, np.float32)
+          for k, v in params_to_state_dict(params, vae_rows(config)).items()}
+    save_state_dict(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+    _write_json(os.path.join(folder, "config.json"), vae_config_to_diffusers(config))
