@@ -29,8 +29,8 @@ def get_config(arg=None):
         name=a.sampler,
         steps=a.steps,
         schedule="karras",          # sigma grid, see `diffjax.diffusion.schedules`
-        eta=1.0,                    # noise scale of ancestral/SDE samplers
-        order=2,                    # for samplers with an order option (unipc, deis)
+        eta=-1.0,                   # noise scale of ancestral/SDE samplers (-1: the sampler's default)
+        order=0,                    # for samplers with an order option (0: the sampler's default)
     ))
     c.guidance_scale = a.guidance_scale
     c.guidance_rescale = 0.0
