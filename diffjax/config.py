@@ -191,7 +191,7 @@ def save_config(config: ml_collections.ConfigDict, directory: str, name: str = C
     path = directory / name
     tmp = directory / (name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.rename(path)
+    tmp.replace(path)
     return os.fspath(path)
 
 

@@ -58,7 +58,7 @@ def atomic_write(path, data: bytes | str) -> None:
         tmp.write_text(data, encoding="utf-8")
     else:
         tmp.write_bytes(data)
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def read_png_metadata(path) -> dict:

@@ -80,14 +80,19 @@ class TextToImage:
     """A loaded model + a SampleSpec -> images. `pipe(prompts, seeds)` for Python use;
     `generate_local` for jobs (each process gets the rows its devices computed)."""
 
-    def __init__(self, components, spec: SampleSpec):
+    def __init__(self, components, spec: SampleSpec, devices=None, output: str = "images"):
+        """devices: the devices of the mesh (default all); output: "images" or "latents"
+        (the sampler's result before decoding, for determinism checks and studies)."""
         from diffjax import sharding
         from diffjax.diffusion import schedules
         from diffjax.text import load_tokenizer
         self.components, self.spec = components, spec
         c = components
         self.tokenizer = load_tokenizer(c.tokenizer_dir)
-        self.mesh = sharding.make_mesh(spec.mesh_shape)
+        if output not in ("images", "latents"):
+            raise ValueError(f"output must be 'images' or 'latents', got {output!r}")
+        self.output = output
+        self.mesh = sharding.make_mesh(spec.mesh_shape, devices)
         n_data = sharding.data_size(self.mesh)
         if spec.batch_size % n_data:
             raise ConfigError(
@@ -182,6 +187,8 @@ class TextToImage:
                          (lh, lw, c.unet_config.in_channels), seeds, spec.sampler, self.sigmas,
                          cond=(context, uncontext), options=self._sampler_options(),
                          init_scale="vp")
+        if self.output == "latents":
+            return latents
         images = vae.apply({"params": params["vae"]}, latents / c.vae_config.scaling_factor,
                            method=vae.decode)
         return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
@@ -222,7 +229,7 @@ class TextToImage:
         this process owns) — every position on one process; on many, each writes its own."""
         n = len(prompts)
         out = self._executable()(self.params, *self._global_inputs(prompts, negatives, seeds))
-        images = np.zeros((n, self.height, self.width, 3), np.float32)
+        images = np.zeros((n, *out.shape[1:]), np.float32)
         owner: dict[int, int] = {}
         for device, index in out.sharding.devices_indices_map(out.shape).items():
             rows = range(*index[0].indices(out.shape[0]))
@@ -262,7 +269,7 @@ class TextToImage:
                     clip_skip=s.clip_skip, version=__version__)
 
 
-def load_pipeline(path_or_preset: str, config=None, seed: int = 0) -> TextToImage:
+def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> TextToImage:
     """A TextToImage from a preset name (random weights) or a diffusers-format folder.
 
     config: a SampleSpec, a sample ConfigDict (configs/sample.py), or None for defaults.
@@ -278,4 +285,4 @@ def load_pipeline(path_or_preset: str, config=None, seed: int = 0) -> TextToImag
         comps = preset_components(path_or_preset, seed, spec.dtype, spec.attention)
     else:
         comps = load_sd_folder(path_or_preset, spec.dtype, spec.attention)
-    return TextToImage(comps, spec)
+    return TextToImage(comps, spec, **kwargs)

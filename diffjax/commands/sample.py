@@ -112,6 +112,9 @@ def write_job(pipe, items, out, batch_size: int) -> int:
     from tqdm import tqdm
 
     all_batches = prompts.batches(items, batch_size)
+    if jax.process_index() == 0:
+        for stale in out.glob(".*.tmp-*"):   # left by a job killed mid-write
+            stale.unlink()
     finished = {i.stem for i in items if (out / f"{i.stem}.png").exists()}  # one scan
     todo = [b for b in all_batches if not all(i.stem in finished for i in b)]
     main_process = jax.process_index() == 0

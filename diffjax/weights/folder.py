@@ -103,7 +103,8 @@ def check_sd_folder(path: str) -> None:
         raise WeightsError(f"{path!r} has no model_index.json: not a diffusers-format folder")
     missing = [s for s in SUBFOLDERS if not os.path.isdir(os.path.join(path, s))]
     if missing:
-        raise WeightsError(f"model folder {path!r} is incomplete: missing {', '.join(missing)}/")
+        raise WeightsError(f"model folder {path!r} is incomplete: missing "
+                           f"{', '.join(m + '/' for m in missing)}")
 
 
 def load_scheduler_config(folder: str) -> dict:
