@@ -42,4 +42,8 @@ def get_config(arg=None):
     c.attention = "xla"             # xla | cudnn | chunked
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # ('data','fsdp','tensor')
     c.compilation_cache = "~/.cache/diffjax/jax"  # persistent XLA cache ("" = off)
+    # Multi-host: coordinator "" = one process; "auto" = platform discovery (TPU pods);
+    # "host:port" with num_processes and this process's id. Each process writes its shard.
+    c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=1,
+                                                   process_id=0))
     return c

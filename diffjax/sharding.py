@@ -100,3 +100,22 @@ def param_shardings(abstract_params, mesh: Mesh, rules=DEFAULT_RULES):
 
     return jax.tree.map(to_sharding, logical, unboxed,
                         is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process job before any device is touched.
+
+    coordinator "": single process (nothing to do); "auto": `jax.distributed.initialize()`
+    with the platform's own discovery (TPU pods, SLURM, ...); "host:port": explicit, with
+    `num_processes` and this `process_id`. CPU processes talk through gloo collectives.
+    """
+    if not coordinator:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise ValueError(f"distributed: process_id {process_id} must be in [0, "
+                         f"num_processes={num_processes})")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)

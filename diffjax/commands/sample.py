@@ -87,7 +87,10 @@ def run(args) -> int:
         print(f"diffjax sample: {e}", file=sys.stderr)
         return 2
     from diffjax.pipeline import enable_compilation_cache, load_pipeline, spec_from_config
+    from diffjax.sharding import initialize_distributed
     enable_compilation_cache(config.compilation_cache)
+    initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
+                           config.distributed.process_id)
     spec = spec_from_config(config)            # validates before anything is written
     out = epath.Path(config.out)
     try:
