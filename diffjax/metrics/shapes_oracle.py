@@ -5,7 +5,8 @@ about the model. The oracle reads back what `diffjax.data.shapes` draws:
 
 1. background = per-channel median of the border pixels -> nearest background name;
 2. figure colour = median of the pixels far from the background -> nearest colour name;
-3. coverage alpha per pixel = projection of (pixel - bg) on (fg - bg), clipped to [0, 1];
+3. coverage alpha per pixel = projection of (pixel - bg) on (fg - bg) (not clipped to
+   [0, 1], so that pixel noise averages out);
 4. centre = alpha-weighted centroid (every shape is drawn with its centroid at its centre)
    -> 3x3 grid cell; for each shape, the radius that gives the measured area;
 5. shape = the template (rendered by the same `shape_alpha`) closest to alpha in L2;
@@ -36,6 +37,17 @@ def _nearest(table: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
     return names[int(np.argmin(d))]
 
 
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary dilation by a 3x3 square, `steps` times (edges padded with False)."""
+    for _ in range(steps):
+        p = np.pad(mask, 1)
+        mask = np.zeros_like(mask)
+        for dy in range(3):
+            for dx in range(3):
+                mask = mask | p[dy:dy + mask.shape[0], dx:dx + mask.shape[1]]
+    return mask
+
+
 def _grid_index(v: float) -> int:
     return 0 if v < 1 / 3 else (1 if v < 2 / 3 else 2)
 
@@ -62,15 +74,27 @@ def analyze(image: np.ndarray) -> dict:
     if dist.max() < 40.0:  # nothing stands out from the background
         return out
     fg = np.median(img[dist > 0.6 * dist.max()], axis=0)
+    # Refine both colours as means over the pixels clearly on either side: a mean carries
+    # the same bias (e.g. from clipping noisy pixels at 0/255) as the pixels it is
+    # compared with, a median does not.
+    # The pixels are chosen by place, not by value (choosing by value biases the mean
+    # under noise): background = 2+ px away from the figure, figure = its 1 px erosion.
+    t = ((img - bg) @ (fg - bg)) / float((fg - bg) @ (fg - bg))
+    near = _dilate(t > 0.3, 2)
+    inner = ~_dilate(~(t > 0.5), 1)
+    if (~near).sum() >= res and inner.any():
+        bg, fg = img[~near].mean(axis=0), img[inner].mean(axis=0)
     axis = fg - bg
-    alpha = np.clip(((img - bg) @ axis) / float(axis @ axis), 0.0, 1.0)
+    # Not clipped to [0, 1]: pixel noise then averages out of the area and centroid instead
+    # of adding a positive bias; the wide clip only bounds outliers (other colours).
+    alpha = np.clip(((img - bg) @ axis) / float(axis @ axis), -1.0, 2.0)
     area = float(alpha.sum()) / (res * res)
     ys, xs = np.mgrid[0:res, 0:res]
     cx = float((alpha * (xs + 0.5)).sum() / alpha.sum()) / res
     cy = float((alpha * (ys + 0.5)).sum() / alpha.sum()) / res
     best, best_err, best_r = None, np.inf, 0.0
     for shape in S.SHAPES:
-        r = float(np.sqrt(area / _unit_area(shape)))
+        r = float(np.sqrt(max(area, 0.0) / _unit_area(shape)))
         err = float(np.mean((S.shape_alpha(shape, cx, cy, r, res) - alpha) ** 2))
         if err < best_err:
             best, best_err, best_r = shape, err, r

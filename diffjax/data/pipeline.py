@@ -1,0 +1,137 @@
+"""grain input pipeline: random-access source -> shuffled, augmented, tokenized batches.
+
+Why grain over a random-access source: every batch is a pure function of (seed, step).
+The order is source -> shuffle(seed, reshuffled each epoch) -> repeat -> this process's
+slice -> per-example random crop/flip/caption-dropout (rng seeded by the example's global
+position) -> tokenize -> batch. So the iterator state is one integer, `get_state()` is a
+JSON-able dict, and a resumed run sees exactly the batches it would have seen.
+
+`source` is anything with `len` and `__getitem__` returning a dict (e.g.
+`builders.load_source(dir, split)` or `tfds.data_source(name)[split]` of any installed tfds
+dataset); `image_key` / `caption_key` choose the features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipeline does to each example; built from the train config."""
+
+    batch_size: int  # per process
+    resolution: int
+    seed: int = 0
+    crop: str = "center"  # "center" | "random"
+    flip: bool = False  # random horizontal flip
+    caption_dropout: float = 0.0  # probability of replacing the caption by "" (for CFG)
+    image_key: str = "image"
+    caption_key: str = "caption"
+    num_epochs: int | None = None  # None: repeat forever
+    drop_remainder: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.resolution < 1:
+            raise ValueError(f"resolution must be >= 1, got {self.resolution}")
+        if self.crop not in ("center", "random"):
+            raise ValueError(f"crop must be 'center' or 'random', got {self.crop!r}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+
+
+def resize_and_crop(image: np.ndarray, resolution: int, rng: np.random.Generator | None,
+                    ) -> np.ndarray:
+    """Resize the short side to `resolution` (bicubic), then crop a square.
+
+    rng None: center crop; otherwise a uniformly random crop offset.
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an image [H, W, 1|3|4], got shape {image.shape}")
+    if image.shape[-1] != 3:
+        image = image[..., :3] if image.shape[-1] == 4 else np.repeat(image, 3, axis=-1)
+    h, w = image.shape[:2]
+    scale = resolution / min(h, w)
+    nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+    if rng is None:
+        top, left = (nh - resolution) // 2, (nw - resolution) // 2
+    else:
+        top = int(rng.integers(nh - resolution + 1))
+        left = int(rng.integers(nw - resolution + 1))
+    return image[top:top + resolution, left:left + resolution]
+
+
+def _caption_text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return _caption_text(value.item())
+    return str(value)
+
+
+def _preprocess(cfg: PipelineConfig) -> Callable:
+    def fn(example: dict, rng: np.random.Generator) -> dict:
+        for key in (cfg.image_key, cfg.caption_key):
+            if key not in example:
+                raise KeyError(f"example has no feature {key!r}; it has {sorted(example)} "
+                               f"(set image_key / caption_key)")
+        image = resize_and_crop(np.asarray(example[cfg.image_key]), cfg.resolution,
+                                rng if cfg.crop == "random" else None)
+        if cfg.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        caption = _caption_text(example[cfg.caption_key])
+        if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
+            caption = ""
+        pixels = image.astype(np.float32) / 127.5 - 1.0  # [-1, 1], what the VAE expects
+        return {"image": pixels, "caption": caption}
+    return fn
+
+
+def make_dataset(source: Sequence[dict], cfg: PipelineConfig,
+                 tokenize: Callable[[list[str]], np.ndarray] | None = None, *,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """Batches {"image": f32 [B, R, R, 3] in [-1, 1], "caption": str [B], "ids": [B, L]}.
+
+    `tokenize(list_of_str) -> int array [n, L]` (e.g. `diffjax.text.load_tokenizer()`); ids
+    are omitted when it is None. Each process reads the slice process_index::process_count
+    of the shuffled stream, so processes see disjoint examples.
+    """
+    if len(source) == 0:
+        raise ValueError("the data source is empty")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    ds = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat(cfg.num_epochs)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    # Seed offset by process: the per-example rng depends on (seed, process, position).
+    ds = ds.random_map(_preprocess(cfg), seed=cfg.seed * 1009 + process_index + 1)
+    if tokenize is not None:
+        def add_ids(ex):
+            ids = np.asarray(tokenize([ex["caption"]]))
+            return {**ex, "ids": ids[0]}
+        ds = ds.map(add_ids)
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    return ds.to_iter_dataset()
+
+
+def global_batch(local: dict, sharding) -> dict:
+    """This process's numpy batch -> global jax arrays, batch axis split by `sharding`.
+
+    Strings (captions) stay numpy: they never go to a device.
+    """
+    import jax  # local import: the data pipeline itself does not need jax
+
+    return {k: (v if v.dtype.kind in "USO"
+                else jax.make_array_from_process_local_data(sharding, v))
+            for k, v in local.items()}
