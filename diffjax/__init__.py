@@ -6,3 +6,11 @@ Importing diffjax never imports torch.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy so that `import diffjax` stays light (no jax/flax import until needed).
+    if name == "load_pipeline":
+        from diffjax.pipeline import load_pipeline
+        return load_pipeline
+    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")

@@ -167,3 +167,36 @@ def test_sharded_text_tower_equals_unsharded():
                 in_shardings=(shardings, sharding.batch_sharding(mesh, 2)))
     np.testing.assert_allclose(f(sharded, ids), model.apply({"params": params}, ids)
                                .last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_clip_model_logits_match_transformers():
+    """Both towers joined with the learned temperature (what CLIP score uses)."""
+    from diffjax.models.clip import CLIPModel
+    torch.manual_seed(3)
+    kw, _ = TEXT_CASES[0]
+    tcfg = transformers.CLIPTextConfig(**kw, projection_dim=16)
+    vcfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         image_size=24, patch_size=6, projection_dim=16)
+    ref = transformers.CLIPModel(transformers.CLIPConfig(text_config=tcfg.to_dict(),
+                                                         vision_config=vcfg.to_dict(),
+                                                         projection_dim=16)).eval()
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    tconf = wclip.clip_text_config_from_hf(tcfg.to_dict(), with_projection=True)
+    vconf = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, image_size=24, patch_size=6,
+                             projection_dim=16)
+    params = {"text_model": wclip.text_params_from_state_dict(
+                  {k: v for k, v in sd.items() if k.startswith(("text_model.", "text_proj"))},
+                  tconf),
+              "vision_model": wclip.vision_params_from_state_dict(
+                  {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_"))},
+                  vconf),
+              "logit_scale": sd["logit_scale"]}
+    ids = _ids(kw)
+    px = np.random.default_rng(1).normal(size=(2, 3, 24, 24)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px)).logits_per_text
+    got = CLIPModel(tconf, vconf).apply({"params": params}, jnp.asarray(ids, jnp.int32),
+                                        jnp.asarray(px.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)  # logits scale ~14: 1e-5 relative
