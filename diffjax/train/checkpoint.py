@@ -1,0 +1,55 @@
+"""orbax checkpoints of a training run: one item per state component + JSON items.
+
+Items: params, ema_params, opt_state (pytrees), data (the grain iterator state), config
+(the run's config as JSON). The step is the checkpoint's step. Restoring into a template
+state gives back the same shardings as the template.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from diffjax.train.state import TrainState
+
+_TREE_ITEMS = ("params", "ema_params", "opt_state")
+
+
+def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+    """A CheckpointManager in `workdir/checkpoints` keeping the `keep` latest steps."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict | None = None,
+         config: dict | None = None, *, wait: bool = True) -> int:
+    """Save `state` at its step; returns the step. `wait` blocks until it is on disk."""
+    step = int(jax.device_get(state.step))
+    items = {k: ocp.args.StandardSave(getattr(state, k)) for k in _TREE_ITEMS}
+    items["data"] = ocp.args.JsonSave(data_state or {})
+    items["config"] = ocp.args.JsonSave(config or {})
+    manager.save(step, args=ocp.args.Composite(**items))
+    if wait:
+        manager.wait_until_finished()
+    return step
+
+
+def restore(manager: ocp.CheckpointManager, template: TrainState, step: int | None = None,
+            ) -> tuple[TrainState, dict, dict]:
+    """(state, data_state, config) at `step` (default: the latest)."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    items = {k: ocp.args.StandardRestore(getattr(template, k)) for k in _TREE_ITEMS}
+    items["data"] = ocp.args.JsonRestore()
+    items["config"] = ocp.args.JsonRestore()
+    got = manager.restore(step, args=ocp.args.Composite(**items))
+    state = TrainState(step=jnp.asarray(step, jnp.int32), params=got["params"],
+                       ema_params=got["ema_params"], opt_state=got["opt_state"])
+    return state, dict(got["data"]), dict(got["config"])
