@@ -53,7 +53,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, alphas
                            state.ema_params, params)
         new = TrainState(step=state.step + 1, params=params, ema_params=ema,
                          opt_state=opt_state)
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return step
 
