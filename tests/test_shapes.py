@@ -129,3 +129,23 @@ def test_image_folder_metadata_jsonl_and_errors(tmp_path):
         B.scan_image_folder(str(folder))
     with pytest.raises(FileNotFoundError, match="image folder .*nope.* does not exist"):
         B.scan_image_folder(str(tmp_path / "nope"))
+
+
+def test_data_command_and_open_source(tmp_path, capsys):
+    import argparse
+
+    from diffjax.data import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["shapes", "--out", str(tmp_path), "--train", "6", "--test", "0",
+                              "--holdout", "2"])
+    assert command.run(args) == 0
+    assert "train: 6, holdout: 2" in capsys.readouterr().out
+    path = os.path.join(str(tmp_path), "shapes", "r32-train6-holdout2", "1.0.0")
+    assert len(B.open_source(path, "train")) == 6
+    # By tfds name from the data_dir (what a config names for an installed tfds dataset).
+    src = B.open_source("shapes/r32-train6-holdout2", "holdout", data_dir=str(tmp_path))
+    assert len(src) == 2 and src[1]["heldout"]
+    with pytest.raises(ValueError, match="cannot open dataset 'no_such_ds' split 'train'"):
+        B.open_source("no_such_ds", "train", data_dir=str(tmp_path))

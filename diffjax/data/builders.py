@@ -228,3 +228,19 @@ def load_source(dataset_dir: str, split: str):
         raise ValueError(f"dataset {dataset_dir!r} has no split {split!r}; it has "
                          f"{sorted(builder.info.splits)}")
     return builder.as_data_source(split=split)
+
+
+def open_source(dataset: str, split: str, data_dir: str | None = None):
+    """A random-access source from a built directory or any installed tfds dataset name.
+
+    `dataset` is a directory written by a builder here (or any tfds array_record dir), or a
+    tfds name such as "mnist" / "coco_captions:1.0.0" already prepared as array_record in
+    `data_dir`; the pipeline's image_key / caption_key then pick its features.
+    """
+    if os.path.isdir(dataset):
+        return load_source(dataset, split)
+    try:
+        return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds; name what was asked
+        raise ValueError(f"cannot open dataset {dataset!r} split {split!r} (data_dir="
+                         f"{data_dir!r}): not a built directory, and tfds says: {e}") from e
