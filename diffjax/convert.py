@@ -127,6 +127,30 @@ def read_checkpoint_config(path: str) -> dict:
     return meta
 
 
+def _leaves_by_key(tree) -> dict[str, object]:
+    """'a/b/kernel' -> leaf (anything with a .shape) of a param / abstract / metadata tree."""
+    import jax
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(
+                tree, is_leaf=lambda x: isinstance(getattr(x, "shape", None), tuple))}
+
+
+def _check_stored_item(path: str, name: str, abstract, config) -> None:
+    """Compare an item's stored array shapes with what its config needs, BEFORE restoring:
+    orbax would fail on the first mismatch with a TensorStore dump; this names them all."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    from diffjax.weights.io import check_state_dict
+    item = os.path.join(path, name)
+    if not os.path.isdir(item):
+        raise WeightsError(f"{path!r}: checkpoint has no {name}/ item")
+    stored = _leaves_by_key(ocp.StandardCheckpointHandler().metadata(epath.Path(item)))
+    expected = {k: tuple(a.shape) for k, a in _leaves_by_key(abstract).items()}
+    check_state_dict(expected, stored,
+                     f"{name} params in {path!r} (stored config {config!r})")
+
+
 def load_checkpoint(path: str, dtype: str | None = None, attention: str | None = None,
                     shardings: dict | None = None):
     """A diffjax checkpoint -> `Components`, each network's params restored in one go.
@@ -137,7 +161,7 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
     `jax.sharding.Sharding` matching that network's params}; params are restored directly
     onto them. Items not given land on the first local device.
     The expected shapes come from the stored configs (`jax.eval_shape`), so a checkpoint
-    whose arrays do not fit its config fails naming the network and the array.
+    whose arrays do not fit its config fails naming the network and every bad array.
     """
     import jax
     import orbax.checkpoint as ocp
@@ -160,21 +184,16 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
                                                 if hasattr(config, k)})
         configs[name] = config
         abstract = shapes_fn(config)
+        _check_stored_item(path, name, abstract, config)
         item_shardings = shardings.get(name)
         if item_shardings is None:
             item_shardings = jax.tree.map(lambda _: default, abstract)
         targets[name] = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract, item_shardings)
-    restored = {}
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
-        for name, target in targets.items():  # one at a time: the error names the network
-            try:
-                restored[name] = ckpt.restore(path, ocp.args.Composite(
-                    **{name: ocp.args.StandardRestore(target)}))[name]
-            except (ValueError, KeyError, FileNotFoundError) as e:
-                raise WeightsError(f"{path!r}: {name} params do not match its stored config "
-                                   f"({configs[name]!r}): {e}") from e
+        restored = ckpt.restore(path, ocp.args.Composite(
+            **{name: ocp.args.StandardRestore(t) for name, t in targets.items()}))
     tokenizer = os.path.join(path, "tokenizer")
     items = _items()
     return Components(

@@ -185,8 +185,10 @@ def test_errors_name_the_problem(converted, tmp_path, capsys):
     bad = dataclasses.replace(c, unet_config=dataclasses.replace(
         c.unet_config, block_out_channels=(32, 48)))
     convert.save_checkpoint(bad, str(tmp_path / "bad"))
-    with pytest.raises(WeightsError, match="unet params do not match"):
+    with pytest.raises(WeightsError, match="unet params in .* does not match") as e:
         convert.load_checkpoint(str(tmp_path / "bad"))
+    assert "down_blocks_1/resnets_0/conv1/kernel has (3, 3, 32, 64), expected (3, 3, 32, 48)" \
+        in str(e.value), str(e.value)
     # --force replaces, and leaves no .partial behind
     assert cli.main(["convert", src, str(tmp_path / "bad"), "--force"]) == 0
     convert.load_checkpoint(str(tmp_path / "bad"))
