@@ -1,0 +1,33 @@
+"""Train the UNet on `shapes` with a frozen text encoder and VAE: `train_and_evaluate`.
+
+    python -c "from diffjax.train.unet_trainer import train_and_evaluate; ..."   (CLI: lead)
+
+Arg keys: model (preset name or diffusers-format folder holding the frozen CLIP + VAE and
+the UNet to start from), dataset (built dir or tfds name), steps, batch.
+"""
+
+import ml_collections
+
+from diffjax.config import parse_arg
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, model="tiny", dataset="", steps=1000, batch=8)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(name=a.model))
+    c.data = ml_collections.ConfigDict(dict(
+        dataset=a.dataset,          # e.g. data/shapes/r32-train20000-test1000-holdout1000/1.0.0
+        split="train", data_dir="", resolution=32, batch_size=a.batch,  # global batch
+        crop="center", flip=False,  # no flip on shapes: "left"/"right" are in the captions
+        caption_dropout=0.1,        # for classifier-free guidance
+        image_key="image", caption_key="caption"))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, warmup_steps=100, total_steps=a.steps, schedule="cosine",
+        end_lr_fraction=0.1, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=a.steps, save_every=500, keep_checkpoints=3, ema_decay=0.999,
+        snr_gamma=5.0,              # min-SNR-gamma weighting; 0 = uniform
+        compute_dtype="float32"))   # or "bfloat16" (master weights stay float32)
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    return c
