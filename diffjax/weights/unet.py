@@ -65,6 +65,10 @@ def unet_params_from_state_dict(sd, config: UNetConfig, what="UNet checkpoint"):
     return state_dict_to_params(sd, unet_rows(config), abstract_unet_params(config), what)
 
 
+def unet_params_to_state_dict(params, config: UNetConfig) -> dict:
+    return params_to_state_dict(params, unet_rows(config))
+
+
 def load_unet(folder: str, **overrides) -> tuple[UNetConfig, dict]:
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
@@ -79,7 +83,7 @@ def export_unet(config: UNetConfig, params, folder: str) -> None:
     """config.json + diffusion_pytorch_model.safetensors that diffusers loads."""
     os.makedirs(folder, exist_ok=True)
     sd = {k: np.asarray(v, np.float32)
-          for k, v in params_to_state_dict(params, unet_rows(config)).items()}
+          for k, v in unet_params_to_state_dict(params, config).items()}
     save_state_dict(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     _write_json(os.path.join(folder, "config.json"), unet_config_to_diffusers(config))
 

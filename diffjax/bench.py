@@ -1,0 +1,245 @@
+"""`diffjax bench`: UNet / sampler / VAE throughput, compile time and FLOP utilisation.
+
+Every number is measured in one run on one machine and reported with the device: the time
+of one UNet call on the CFG batch, of a whole N-step sample (so the sampler loop's overhead
+is a ratio of two measurements), of the VAE decode; compile time cold and from the
+persistent cache; FLOPs from XLA's cost analysis beside an analytic count (dot and conv
+FLOPs summed over the jaxpr); model FLOP utilisation against the device's peak (a table
+for accelerators, a matmul probe on CPU). `--vs diffusers` times diffusers' PyTorch UNet
+with the same weights, batch and precision in the same process, alternating with ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+import typing
+
+import numpy as np
+
+from diffjax.config import check_range, to_dataclass
+
+# Dense bf16 peak FLOP/s per chip (vendor figures; fp32 uses the same table / 2 for TPUs
+# and the TF32 figure for NVIDIA, both as documented by the vendors).
+PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+             "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12,
+             "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSpec:
+    model: str = "tiny"
+    height: int = 0                      # 0: the model's native size
+    width: int = 0
+    dtype: typing.Literal["float32", "bfloat16"] = "float32"
+    batch_sizes: tuple[int, ...] = (1,)
+    steps: int = 10
+    sampler: str = "euler"
+    attention: typing.Literal["xla", "cudnn", "chunked"] = "xla"
+    repeats: int = 3
+    vs: typing.Literal["", "diffusers"] = ""
+
+    def __post_init__(self):
+        check_range("steps", self.steps, lo=1)
+        check_range("repeats", self.repeats, lo=1)
+        for b in self.batch_sizes:
+            check_range("batch_sizes[]", b, lo=1)
+
+
+def _time(fn, repeats: int) -> float:
+    """Median wall time of fn() (which must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def jaxpr_flops(fn, *args) -> float:
+    """Analytic FLOPs: 2 x MACs of every dot_general and conv in the jaxpr (incl. scans)."""
+    import jax
+
+    def count(jaxpr, mult=1.0):
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name == "dot_general":
+                (lc, _), (lb, _) = eqn.params["dimension_numbers"]
+                a = eqn.invars[0].aval.shape
+                out = eqn.outvars[0].aval.shape
+                k = np.prod([a[d] for d in lc]) if lc else 1
+                total += mult * 2.0 * np.prod(out) * k
+            elif name == "conv_general_dilated":
+                lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+                out = eqn.outvars[0].aval.shape
+                dn = eqn.params["dimension_numbers"]
+                kernel_spatial = np.prod([rhs[d] for d in dn.rhs_spec[2:]])
+                in_per_group = rhs[dn.rhs_spec[1]]
+                total += mult * 2.0 * np.prod(out) * kernel_spatial * in_per_group
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                inner = mult * (eqn.params["length"] if name == "scan" else 1)
+                total += count(sub, inner)
+        return total
+    closed = jax.make_jaxpr(fn)(*args)
+    return count(closed.jaxpr)
+
+
+def cpu_peak_flops(seconds: float = 1.0) -> float:
+    """Measured float32 matmul FLOP/s of this CPU (the MFU denominator on CPU)."""
+    import jax
+    import jax.numpy as jnp
+    n = 1024
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        f(a).block_until_ready()
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def device_peak(dtype: str) -> tuple[float | None, str]:
+    import jax
+    kind = jax.devices()[0].device_kind
+    if jax.default_backend() == "cpu":
+        return cpu_peak_flops(), "measured matmul probe"
+    for name, peak in PEAK_BF16.items():
+        if kind.startswith(name):
+            return (peak if dtype == "bfloat16" else peak / 2), f"table: {name} {dtype}"
+    return None, f"no peak known for {kind}"
+
+
+def run_bench(spec: BenchSpec) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.weights.folder import PRESET_MODELS, load_sd_folder, preset_components
+    comps = (preset_components(spec.model, 0, spec.dtype, spec.attention)
+             if spec.model in PRESET_MODELS else
+             load_sd_folder(spec.model, spec.dtype, spec.attention))
+    peak, peak_source = device_peak(spec.dtype)
+    rows = []
+    for b in spec.batch_sizes:
+        pipe = TextToImage(comps, SampleSpec(sampler=spec.sampler, steps=spec.steps,
+                                             batch_size=b, height=spec.height,
+                                             width=spec.width, dtype=spec.dtype,
+                                             attention=spec.attention, mesh_shape=(1, 1, 1)),
+                           devices=jax.devices()[:1])
+        unet_cfg = comps.unet_config
+        lh, lw = pipe.height // pipe.vae_factor, pipe.width // pipe.vae_factor
+        from diffjax.models.unet import UNet2DConditionModel
+        unet = UNet2DConditionModel(unet_cfg)
+        x = jnp.ones((2 * b, lh, lw, unet_cfg.in_channels), jnp.float32)
+        t = jnp.full((2 * b,), 500.0)
+        ctx = jnp.ones((2 * b, comps.text_config.max_position_embeddings,
+                        unet_cfg.cross_attention_dim), jnp.float32)
+        unet_fn = jax.jit(lambda p, x, t, c: unet.apply({"params": p}, x, t, c))
+        params = pipe.params["unet"]
+        t0 = time.perf_counter()
+        compiled_unet = unet_fn.lower(params, x, t, ctx).compile()
+        unet_compile = time.perf_counter() - t0
+        xla_flops = float((compiled_unet.cost_analysis() or {}).get("flops", float("nan")))
+        analytic = jaxpr_flops(lambda p, x, t, c: unet.apply({"params": p}, x, t, c),
+                               params, x, t, ctx)
+        unet_s = _time(lambda: compiled_unet(params, x, t, ctx).block_until_ready(),
+                       spec.repeats)
+        t0 = time.perf_counter()
+        sample_compile = pipe.compile_seconds()
+        prompts, seeds = ["a benchmark prompt"] * b, list(range(b))
+        sample_s = _time(lambda: pipe(prompts, seeds), spec.repeats)
+        vae_s = _decode_time(pipe, b, lh, lw, spec.repeats)
+        from diffjax.diffusion.samplers import get_sampler
+        nfe = get_sampler(spec.sampler).nfe(spec.steps)
+        row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
+                   sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
+                   nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),
+                   images_per_s=b / sample_s, unet_flops_xla=xla_flops,
+                   unet_flops_analytic=analytic,
+                   mfu=(analytic / unet_s / peak) if peak else None)
+        if spec.vs == "diffusers":
+            row.update(_vs_diffusers(comps, params, x, t, ctx, unet_s, spec))
+        rows.append(row)
+    return dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
+                host=platform.node(), peak_flops=peak, peak_source=peak_source,
+                spec=dataclasses.asdict(spec), date=time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                  time.gmtime()),
+                rows=rows)
+
+
+def _decode_time(pipe, b, lh, lw, repeats) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from diffjax.models.vae import AutoencoderKL
+    vae = AutoencoderKL(pipe.components.vae_config)
+    z = jnp.ones((b, lh, lw, pipe.components.vae_config.latent_channels))
+    f = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))
+    f(pipe.params["vae"], z).block_until_ready()
+    return _time(lambda: f(pipe.params["vae"], z).block_until_ready(), repeats)
+
+
+def _vs_diffusers(comps, params, x, t, ctx, ours_s, spec) -> dict:
+    """diffusers' UNet2DConditionModel, same weights/batch/precision, timed alternately."""
+    import diffusers
+    import torch
+
+    from diffjax.weights.unet import unet_config_to_diffusers, unet_params_to_state_dict
+    cfg = {k: v for k, v in unet_config_to_diffusers(comps.unet_config).items()
+           if not k.startswith("_")}
+    ref = diffusers.UNet2DConditionModel(**cfg).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))
+                         for k, v in unet_params_to_state_dict(params, comps.unet_config).items()})
+    dt = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
+    ref = ref.to(dt)
+    tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(dt)
+    tt = torch.from_numpy(np.asarray(t))
+    tc = torch.from_numpy(np.asarray(ctx)).to(dt)
+    with torch.inference_mode():
+        ref(tx, tt, tc)
+        theirs = _time(lambda: ref(tx, tt, tc), spec.repeats)
+    return dict(diffusers_unet_call_s=theirs, diffjax_over_diffusers=ours_s / theirs,
+                torch_threads=torch.get_num_threads())
+
+
+def markdown(result: dict) -> str:
+    cols = ["batch", "unet_call_s", "sample_s", "vae_decode_s", "nfe", "loop_overhead",
+            "images_per_s", "unet_compile_s", "sample_compile_s", "unet_flops_analytic",
+            "unet_flops_xla", "mfu", "diffusers_unet_call_s", "diffjax_over_diffusers"]
+    cols = [c for c in cols if any(c in r for r in result["rows"])]
+    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa
+    lines = [f"# diffjax bench — {result['spec']['model']} on {result['device']} "
+             f"({result['backend']}), {result['date']}", "",
+             f"peak FLOP/s: {fmt(result['peak_flops'])} ({result['peak_source']})", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "configs", "bench", "tiny.py"),
+        help="bench config (default configs/bench/tiny.py)")
+    parser.add_argument("--out", required=True, help="directory for results.json and results.md")
+
+
+def run(args) -> int:
+    from diffjax.config import load_config, save_config
+    from diffjax.outputs import atomic_write
+    config = load_config(args.config, args.config_overrides)
+    spec = to_dataclass(config, BenchSpec)
+    result = run_bench(spec)
+    os.makedirs(args.out, exist_ok=True)
+    save_config(config, args.out)
+    atomic_write(os.path.join(args.out, "results.json"), json.dumps(result, indent=2))
+    table = markdown(result)
+    atomic_write(os.path.join(args.out, "results.md"), table)
+    print(table)
+    return 0

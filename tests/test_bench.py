@@ -1,0 +1,27 @@
+"""`diffjax bench` smoke test on the tiny preset: the report's fields and their sanity
+(FLOP counts agree, times positive, NFE right) — never its timings."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def test_bench_tiny_report(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "diffjax.cli", "bench", "--out", str(tmp_path),
+                        "--config.steps=2", "--config.repeats=1", "--config.batch_sizes=(2,)",
+                        "--config.vs=diffusers"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["backend"] == "cpu" and result["peak_flops"] > 0
+    (row,) = result["rows"]
+    assert row["batch"] == 2 and row["nfe"] == 2
+    for key in ("unet_call_s", "sample_s", "vae_decode_s", "unet_compile_s",
+                "sample_compile_s", "diffusers_unet_call_s"):
+        assert row[key] > 0, key
+    # analytic dot+conv FLOPs vs XLA's count of the same program: XLA adds elementwise ops
+    assert 0.9 < row["unet_flops_xla"] / row["unet_flops_analytic"] < 1.1
+    assert np.isfinite(row["loop_overhead"]) and row["mfu"] > 0
+    assert "| batch |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "config.json").exists()
