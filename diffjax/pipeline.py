@@ -270,19 +270,17 @@ class TextToImage:
 
 
 def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> TextToImage:
-    """A TextToImage from a preset name (random weights) or a diffusers-format folder.
+    """A TextToImage from a preset name (random weights), a diffusers-format folder or a
+    diffjax checkpoint (`diffjax convert`).
 
     config: a SampleSpec, a sample ConfigDict (configs/sample.py), or None for defaults.
     """
-    from diffjax.weights.folder import PRESET_MODELS, load_sd_folder, preset_components
+    from diffjax.convert import load_components
     if config is None:
         spec = SampleSpec()
     elif isinstance(config, SampleSpec):
         spec = config
     else:
         spec = spec_from_config(config)
-    if path_or_preset in PRESET_MODELS:
-        comps = preset_components(path_or_preset, seed, spec.dtype, spec.attention)
-    else:
-        comps = load_sd_folder(path_or_preset, spec.dtype, spec.attention)
+    comps = load_components(path_or_preset, spec.dtype, spec.attention, seed)
     return TextToImage(comps, spec, **kwargs)

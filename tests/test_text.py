@@ -16,8 +16,9 @@ import regex
 
 from diffjax.text import MAX_LENGTH, load_tokenizer
 
-BPE_GZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "clip_bpe",
-                      "bpe_simple_vocab_16e6.txt.gz")
+# OpenAI's original merge list (copied from shared/data/clip_bpe, MIT licence via
+# open-clip-torch 3.3.0), kept in the repo so the test does not depend on a sibling folder.
+BPE_GZ = os.path.join(os.path.dirname(__file__), "data", "bpe_simple_vocab_16e6.txt.gz")
 
 
 class OpenAICLIPTokenizer:

@@ -180,9 +180,10 @@ def test_attention_impls_agree():
 
 
 def test_sharded_unet_equals_unsharded():
+    """SD2-like (linear projections, per-block heads): the layout with the most axes."""
     import flax.linen as nn
     from diffjax import sharding
-    kw = UNET_CASES["sd1-like"]
+    kw = UNET_CASES["sd2-like"]
     config = wu.unet_config_from_diffusers(dict(kw, in_channels=4, out_channels=4))
     model = UNet2DConditionModel(config)
     x, t, ctx = _unet_inputs(kw, batch=2)

@@ -298,7 +298,7 @@ class Transformer2D(nn.Module):
         head_dim = self.channels // self.heads
         y = group_norm(self.groups, 1e-6, "norm")(x).astype(self.dtype)
         if self.use_linear_projection:
-            y = dense(self.channels, (EMBED, EMBED), dtype=self.dtype,
+            y = dense(self.channels, (EMBED, HEADS), dtype=self.dtype,
                       name="proj_in")(y.reshape(b, h * w, c))
         else:
             y = conv(self.channels, 1, padding=0, dtype=self.dtype,
@@ -307,7 +307,7 @@ class Transformer2D(nn.Module):
             y = BasicTransformerBlock(self.channels, self.heads, head_dim, self.dtype,
                                       self.impl, name=f"transformer_blocks_{i}")(y, context)
         if self.use_linear_projection:
-            y = dense(c, (EMBED, EMBED), dtype=self.dtype, name="proj_out")(y).reshape(b, h, w, c)
+            y = dense(c, (HEADS, EMBED), dtype=self.dtype, name="proj_out")(y).reshape(b, h, w, c)
         else:
             y = conv(c, 1, padding=0, dtype=self.dtype, name="proj_out")(y.reshape(b, h, w, -1))
         return x + y
