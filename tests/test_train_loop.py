@@ -158,3 +158,34 @@ def test_optimizer_schedule_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         checkpoint.restore(checkpoint.make_manager(str(tmp_path)),
                            fresh()[0])
+
+
+def test_sigterm_saves_and_returns_early(tmp_path):
+    import os
+    import signal
+
+    state, step = fresh()
+    mgr = checkpoint.make_manager(str(tmp_path))
+    before = signal.getsignal(signal.SIGTERM)
+
+    def on_metrics(m):
+        if m["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a preempted job receives
+
+    state, hist = loop.train_loop(state, step, batches(), jax.random.key(0), num_steps=10,
+                                  make_batch=make_batch, manager=mgr, on_metrics=on_metrics)
+    assert int(state.step) == 2 and mgr.latest_step() == 2 and len(hist) == 2
+    assert signal.getsignal(signal.SIGTERM) == before  # previous handler restored
+
+
+def test_bf16_compute_keeps_float32_master_weights():
+    state, step = fresh(compute_dtype=jnp.bfloat16)
+    state32, step32 = fresh()
+    b = make_batch(next(batches()))
+    s16, m16 = step(state, b, jax.random.key(0))
+    s32, m32 = step32(state32, b, jax.random.key(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16.params))
+    # bf16 keeps 8 mantissa bits (~4e-3 relative per op); the loss is a mean over many
+    # terms, measured 1.3e-4 relative apart (1.4910 vs 1.4908); bound 1e-2.
+    assert float(m16["loss"]) == pytest.approx(float(m32["loss"]), rel=1e-2)
+    assert float(m16["loss"]) != float(m32["loss"])  # the option really changes the compute
