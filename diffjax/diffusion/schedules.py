@@ -142,13 +142,15 @@ def vp_sigmas(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: fl
     return np.concatenate([np.sqrt(np.exp(beta_d * t ** 2 / 2 + beta_min * t) - 1), [0.0]])
 
 
-def uniform_t_sigmas(steps: int, train_sigmas):
+def uniform_t_sigmas(steps: int, train_sigmas, final: str = "zero"):
     """Evenly spaced continuous timesteps from T-1 to 0, mapped through the log-sigma
     interpolation of the training sigmas (k-diffusion's `get_sigmas` for discrete models)."""
     _check_steps(steps)
     ls = np.log(np.asarray(train_sigmas, np.float64))
-    t = np.linspace(len(ls) - 1, 0, steps)
-    return np.concatenate([np.exp(np.interp(t, np.arange(len(ls)), ls)), [0.0]])
+    if final == "zero":
+        t = np.linspace(len(ls) - 1, 0, steps)
+        return np.concatenate([np.exp(np.interp(t, np.arange(len(ls)), ls)), [0.0]])
+    return np.exp(np.interp(np.linspace(len(ls) - 1, 0, steps + 1), np.arange(len(ls)), ls))
 
 
 def _check_steps(steps: int) -> None:
@@ -156,22 +158,60 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-# name -> function(steps, train_sigmas) -> float64 grid, for models with discrete training
-# timesteps (every SD model). Continuous grids span the model's own sigma range.
+def _spacing(name):
+    def grid(steps, train_sigmas, final="zero", steps_offset=1):
+        ts = timesteps_for(name, steps, len(train_sigmas), steps_offset)
+        return discrete_sigmas(train_sigmas, ts, final)
+    return grid
+
+
+def _continuous(fn):
+    def grid(steps, train_sigmas, final="zero", sigma_min=None, sigma_max=None, **kw):
+        lo = float(train_sigmas[0]) if sigma_min is None else sigma_min
+        hi = float(train_sigmas[-1]) if sigma_max is None else sigma_max
+        return fn(steps, lo, hi, **kw) if final == "zero" else fn(steps + 1, lo, hi, **kw)[:-1]
+    return grid
+
+
+# name -> grid(steps, train_sigmas, final=..., **options) -> float64 [steps + 1], for models
+# with discrete training timesteps (every SD model). Continuous grids span the model's own
+# sigma range unless sigma_min / sigma_max are given.
 SCHEDULES = {
-    "karras": lambda n, ts: karras_sigmas(n, float(ts[0]), float(ts[-1])),
-    "exponential": lambda n, ts: exponential_sigmas(n, float(ts[0]), float(ts[-1])),
-    "polyexponential": lambda n, ts: polyexponential_sigmas(n, float(ts[0]), float(ts[-1])),
-    "uniform": lambda n, ts: uniform_t_sigmas(n, ts),
-    "leading": lambda n, ts: discrete_sigmas(ts, timesteps_for("leading", n, len(ts))),
-    "trailing": lambda n, ts: discrete_sigmas(ts, timesteps_for("trailing", n, len(ts))),
-    "linspace": lambda n, ts: discrete_sigmas(ts, timesteps_for("linspace", n, len(ts))),
+    "karras": _continuous(karras_sigmas),
+    "exponential": _continuous(exponential_sigmas),
+    "polyexponential": _continuous(polyexponential_sigmas),
+    "vp": lambda n, ts, final="zero", **kw: (vp_sigmas(n, **kw) if final == "zero"
+                                            else vp_sigmas(n + 1, **kw)[:-1]),
+    "uniform": lambda n, ts, final="zero": uniform_t_sigmas(n, ts, final),
+    "leading": _spacing("leading"),
+    "trailing": _spacing("trailing"),
+    "linspace": _spacing("linspace"),
 }
+FINALS = ("zero", "sigma_min")
 
 
-def make_sigmas(schedule: str, steps: int, train_sigmas) -> jnp.ndarray:
-    """The sampling grid [steps + 1] (float32, or float64 under x64) for a named schedule."""
+def make_sigmas(schedule: str, steps: int, train_sigmas, *, final: str = "zero",
+                **options) -> jnp.ndarray:
+    """The sampling grid [steps + 1] (float32, or float64 under x64) for a named schedule.
+
+    final: "zero" appends sigma = 0 (k-diffusion; diffusers' Euler family), "sigma_min"
+      ends at the schedule's smallest sigma instead (diffusers' DDIM/PNDM with
+      set_alpha_to_one=False end at sigma(t=0); continuous grids then take steps + 1 points).
+    options: steps_offset (spacings); sigma_min, sigma_max, rho (karras, polyexponential);
+      beta_d, beta_min, eps_s (vp).
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    grid = SCHEDULES[schedule](steps, np.asarray(train_sigmas, np.float64))
+    if final not in FINALS:
+        raise ValueError(f"final must be one of {FINALS}, got {final!r}")
+    _check_steps(steps)
+    ts = np.asarray(train_sigmas, np.float64)
+    if ts.ndim != 1 or ts.shape[0] < 2 or not np.all(np.diff(ts) > 0):
+        raise ValueError("train_sigmas must be a 1-D increasing array (sigma per training "
+                         f"timestep), got shape {ts.shape}")
+    try:
+        grid = SCHEDULES[schedule](steps, ts, final=final, **options)
+    except TypeError as e:
+        raise ValueError(f"schedule {schedule!r} got unexpected options "
+                         f"{sorted(options)}: {e}") from None
     return jnp.asarray(grid, jnp.result_type(float))

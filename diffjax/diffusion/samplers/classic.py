@@ -62,7 +62,9 @@ def sample_heun(denoise, x, sigmas, key=None, s_churn=0.0, s_tmin=0.0, s_tmax=fl
                           min(s_churn / n, 2 ** 0.5 - 1), 0.0)
         s_hat = s * (gamma + 1)
         if s_churn > 0:
-            x = x + step_noise(key, i, x) * s_noise * jnp.sqrt(s_hat ** 2 - s ** 2)
+            # sqrt(s_hat^2 - s^2) written as s sqrt(gamma (gamma + 2)): the difference form
+            # can round (fused multiply-add) to a tiny negative when gamma = 0, giving NaN.
+            x = x + step_noise(key, i, x) * s_noise * s * jnp.sqrt(gamma * (gamma + 2))
         d = to_d(x, s_hat, denoise(x, s_hat))
         dt = s_next - s_hat
         x_euler = x + d * dt
