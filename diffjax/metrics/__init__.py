@@ -1,0 +1,1 @@
+"""Metrics: oracles, feature distances, CLIP score."""
