@@ -45,8 +45,10 @@ def vp_denoiser(model: Callable, train_sigmas, prediction_type: str = "epsilon")
 
 
 def rescale_guidance(guided, cond_pred, rescale: float):
-    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional
-    one's (over all but the leading axis when batched; whole sample otherwise), then mix."""
+    """Lin et al. 2023, eq. 15-16 (diffusers' `rescale_noise_cfg`): match the guided
+    prediction's std to the conditional one's, then mix `rescale` of it back in. The std is
+    over the whole array: a per-sample prediction here (diffusers takes it over all but the
+    batch axis, i.e. per sample too)."""
     axes = tuple(range(guided.ndim))
     std_cond = jnp.std(cond_pred, axis=axes, keepdims=True)
     std_guided = jnp.std(guided, axis=axes, keepdims=True)
