@@ -30,6 +30,8 @@ def test_train_resume_and_bad_batch(tmp_path):
     assert [h["step"] for h in hist] == [1, 2]
     assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in hist)
     assert json.load(open(os.path.join(work, "config.json")))["data"]["dataset"] == data
+    logged = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    assert logged == hist
     # A second call restores the step-2 checkpoint (params, EMA, optimizer, data position)
     # and, already at num_steps, runs nothing (no second compile: bitwise resume of the
     # loop itself is tested in test_train_loop.py).

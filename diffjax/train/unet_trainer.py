@@ -117,6 +117,13 @@ def train_and_evaluate(config, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(_plain(c), f, indent=1)
-    return loop.train_loop(state, step_fn, it, jax.random.key(c.seed),
-                           num_steps=c.train.num_steps, make_batch=make_batch, manager=manager,
-                           save_every=c.train.save_every, config=_plain(c))
+    # Scalars as JSON lines (one per step, appended across resumes); TensorBoard is not
+    # written yet (it needs TensorFlow or tensorboardX, neither a dependency).
+    with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as log:
+        def on_metrics(m):
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+        return loop.train_loop(state, step_fn, it, jax.random.key(c.seed),
+                               num_steps=c.train.num_steps, make_batch=make_batch,
+                               manager=manager, save_every=c.train.save_every,
+                               config=_plain(c), on_metrics=on_metrics)
