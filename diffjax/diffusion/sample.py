@@ -47,6 +47,13 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
     seeds = jnp.asarray(seeds, jnp.uint32)
     if seeds.ndim != 1:
         raise ValueError(f"seeds must be 1-D, got shape {tuple(seeds.shape)}")
+    if init_scale not in ("ve", "vp"):
+        raise ValueError(f"init_scale must be 've' or 'vp', got {init_scale!r}")
+    if cond is not None:
+        lead = {tuple(leaf.shape[:1]) for leaf in jax.tree.leaves(cond)}
+        if lead != {(seeds.shape[0],)}:
+            raise ValueError(f"cond must have a leading axis of len(seeds) = {seeds.shape[0]} "
+                             f"on every leaf, got leading shapes {sorted(lead)}")
 
     def one(seed, c):
         x = initial_noise(seed, shape, sigmas[0], init_scale, sigmas.dtype)
