@@ -141,6 +141,9 @@ def test_named_errors():
         schedules.make_sigmas("leading", 5, sig, rho=3.0)
     with pytest.raises(ValueError, match="train_sigmas must be a 1-D increasing array"):
         schedules.make_sigmas("karras", 5, sig[::-1])
+    with pytest.raises(ValueError, match="schedule 'linspace' with 5 steps and final='sigma_min' "
+                       "is not strictly decreasing"):
+        schedules.make_sigmas("linspace", 5, sig, final="sigma_min")
     with pytest.raises(ValueError, match="beta_schedule 'cosine' is not one of"):
         schedules.betas_for("cosine")
     with pytest.raises(ValueError, match="timestep spacing 'even' is not one of"):

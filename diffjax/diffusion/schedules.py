@@ -214,4 +214,10 @@ def make_sigmas(schedule: str, steps: int, train_sigmas, *, final: str = "zero",
     except TypeError as e:
         raise ValueError(f"schedule {schedule!r} got unexpected options "
                          f"{sorted(options)}: {e}") from None
+    if not np.all(np.diff(grid) < 0):
+        # e.g. linspace ends at t = 0, whose sigma is sigma_min itself: diffusers' DDIM then
+        # takes an identity step; here the grid would repeat a sigma.
+        raise ValueError(f"schedule {schedule!r} with {steps} steps and final={final!r} is "
+                         f"not strictly decreasing (ends {grid[-3:].tolist()}); use "
+                         "final='zero' or another spacing")
     return jnp.asarray(grid, jnp.result_type(float))
