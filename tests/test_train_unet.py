@@ -23,6 +23,7 @@ def _config(dataset, steps, batch=8):
     return c
 
 
+@pytest.mark.slow  # one compile of the tiny UNet+CLIP+VAE train step: ~45 s CPU
 def test_train_resume_and_bad_batch(tmp_path):
     data = builders.build_shapes(str(tmp_path / "data"), 32, {"train": 16})
     work = str(tmp_path / "run")
