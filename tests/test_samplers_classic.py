@@ -20,6 +20,9 @@ from diffjax.diffusion.gaussian_mixture import make_gaussian_mixture
 from diffjax.diffusion.samplers import classic
 from diffjax.diffusion.samplers.base import step_noise
 
+# diffusers' KDPM2 set_timesteps trips numpy 2's __array_wrap__ deprecation 4000 times.
+pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
+
 MODEL = R.LinearEps(dim=6, seed=0)
 DENOISE = MODEL.denoiser()
 X_T = np.random.default_rng(1).normal(size=6)          # x_T in diffusers' unit-variance space
