@@ -1,4 +1,4 @@
-"""The `diffjax` command: sample | train | compare | convert | bench | samplers | info.
+"""The `diffjax` command: sample | train | data | compare | convert | bench | samplers | info.
 
 Each subcommand lives in its own module that exposes `add_arguments(parser)` and
 `run(args) -> int`; this file only maps names to those modules (an explicit dict, imported
@@ -16,7 +16,8 @@ import sys
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("diffjax.commands.sample", "text-to-image sampling, one prompt or a prompt file"),
-    "train": ("diffjax.commands.train", "train a UNet, VAE or CLIP from a config"),
+    "train": ("diffjax.commands.train", "train a UNet from a config (resumable workdir)"),
+    "data": ("diffjax.data.command", "build datasets: procedural shapes, image folders"),
     "compare": ("diffjax.commands.compare", "sampler comparison grid: quality vs NFE"),
     "convert": ("diffjax.convert", "diffusers folder <-> diffjax checkpoint"),
     "bench": ("diffjax.bench", "throughput, compile time and FLOP utilisation"),

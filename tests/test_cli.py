@@ -14,9 +14,9 @@ def _run(*args, check=True):
 
 def test_help_lists_every_command():
     out = _run("--help").stdout
-    for name in ("sample", "train", "compare", "convert", "bench", "samplers", "info"):
+    for name in ("sample", "train", "data", "compare", "convert", "bench", "samplers", "info"):
         assert name in out
-    for name in ("info", "samplers"):
+    for name in ("info", "samplers", "train", "data", "convert", "bench"):
         assert "usage: diffjax " + name in _run(name, "--help").stdout
 
 
