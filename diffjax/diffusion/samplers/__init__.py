@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import inspect
 
-from diffjax.diffusion.samplers import classic, dpm_solver
+from diffjax.diffusion.samplers import classic, dpm_solver, unipc_deis
 from diffjax.diffusion.samplers.base import SamplerInfo, check_sigmas
 
-SAMPLERS: dict[str, SamplerInfo] = {**classic.SAMPLERS, **dpm_solver.SAMPLERS}
+
+def _merge(*families: dict[str, SamplerInfo]) -> dict[str, SamplerInfo]:
+    """One dict from the families' own dicts; a name defined twice is a bug, not an override."""
+    merged: dict[str, SamplerInfo] = {}
+    for family in families:
+        clash = sorted(set(merged) & set(family))
+        if clash:
+            raise ValueError(f"sampler names defined twice: {clash}")
+        merged.update(family)
+    return merged
+
+
+SAMPLERS: dict[str, SamplerInfo] = _merge(classic.SAMPLERS, dpm_solver.SAMPLERS,
+                                          unipc_deis.SAMPLERS)
 
 
 def get_sampler(name: str) -> SamplerInfo:
