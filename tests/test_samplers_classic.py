@@ -93,18 +93,24 @@ def test_matches_diffusers_vp_schedulers(name, cls, extra, steps, spacing):
     assert R.rel_err(R.ve_to_vp(got, sigmas[-1]), want) <= RTOL
 
 
-def test_ddim_trajectory_matches_every_step():
-    """Every intermediate latent, not just the last: ours on each prefix of the grid."""
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+def test_trajectory_matches_every_step(name):
+    """Every intermediate latent, not just the last: ours one step at a time from our own
+    previous state (single-step samplers only), against diffusers' x after each step."""
     steps = 6
-    sched = sd_scheduler("DDIMScheduler", set_alpha_to_one=False, clip_sample=False,
-                         timestep_spacing="leading")
+    if name == "ddim":
+        sched = sd_scheduler("DDIMScheduler", set_alpha_to_one=False, clip_sample=False,
+                             timestep_spacing="leading")
+        final, to_vp = "sigma_min", R.ve_to_vp                  # DDIM steps x_vp
+    else:
+        sched = sd_scheduler("EulerDiscreteScheduler", timestep_spacing="leading")
+        final, to_vp = "zero", (lambda x, s: x)                 # Euler steps x_ve already
     _, traj = R.run_diffusers(sched, steps, X_T, MODEL.torch, trajectory=True)
-    sigmas = np.asarray(schedules.make_sigmas("leading", steps, R.TRAIN_SIGMAS,
-                                              final="sigma_min"))
-    x = R.vp_to_ve(X_T, sigmas[0])
-    for i in range(steps):               # one step at a time from our own previous state
-        x = ours("ddim", sigmas[i:i + 2], x)
-        assert R.rel_err(R.ve_to_vp(x, sigmas[i + 1]), traj[i]) <= RTOL, i
+    sigmas = np.asarray(schedules.make_sigmas("leading", steps, R.TRAIN_SIGMAS, final=final))
+    x = R.vp_to_ve(X_T, sigmas[0])          # = X_T * init_noise_sigma for Euler (leading)
+    for i in range(steps):
+        x = ours(name, sigmas[i:i + 2], x)
+        assert R.rel_err(to_vp(x, sigmas[i + 1]), traj[i]) <= RTOL, i
 
 
 # ------------------------------------------------------------------ stochastic, injected noise
