@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.diffusion.samplers.base import SamplerInfo, step_noise, to_d
 from diffjax.diffusion.samplers.classic import ancestral_step, scan_steps
@@ -157,6 +158,84 @@ def sample_dpmpp_sde(denoise, x, sigmas, key, eta=1.0, s_noise=1.0, r=0.5):
     return scan_steps(step, x, sigmas)
 
 
+def singlestep_orders(steps: int, order: int, lower_order_final: bool = True,
+                      final_zero: bool = True) -> np.ndarray:
+    """Per-step orders of diffusers' DPMSolverSinglestepScheduler.get_order_list: groups
+    1, 2(, 3) (an order-k step closes a k-stage single step begun k-1 steps earlier);
+    diffusers forces lower_order_final when N % order != 0 or the grid ends at 0."""
+    lower_order_final = lower_order_final or steps % order != 0 or final_zero
+    if order == 1:
+        orders = [1] * steps
+    elif not lower_order_final:
+        orders = list(range(1, order + 1)) * (steps // order)
+    elif order == 2:
+        orders = [1, 2] * (steps // 2 - 1) + [1, 1] if steps % 2 == 0 else \
+            [1, 2] * (steps // 2) + [1]
+    else:
+        orders = {0: [1, 2, 3] * (steps // 3 - 1) + [1, 2] + [1],
+                  1: [1, 2, 3] * (steps // 3) + [1],
+                  2: [1, 2, 3] * (steps // 3) + [1, 2]}[steps % 3]
+    if final_zero:
+        orders[-1] = 1
+    return np.asarray(orders[:steps], np.int32)
+
+
+def sample_dpm_solver_singlestep(denoise, x, sigmas, key=None, order=2, solver_type="midpoint",
+                                 lower_order_final=True):
+    """DPM-Solver++ singlestep (Lu et al. 2022, Alg. 1 with data prediction), exactly as
+    diffusers' DPMSolverSinglestepScheduler(algorithm_type="dpmsolver++"): each network call
+    is one grid point; a k-th order step goes from the sample where its group began (saved
+    by the group's first-order step), over the k-1 intermediate points, to sigma_next.
+    NFE = N. solver_type picks diffusers' midpoint or heun weighting of the differences."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"dpm_solver_singlestep order must be one of (1, 2, 3), got {order!r}")
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    n = sigmas.shape[0] - 1
+    # the grid may be traced: both order lists are static, the final sigma picks one
+    orders = jnp.where(sigmas[-1] == 0,
+                       jnp.asarray(singlestep_orders(n, order, lower_order_final, True)),
+                       jnp.asarray(singlestep_orders(n, order, lower_order_final, False)))
+
+    def step(carry, a):
+        x, x_start, d1, d2 = carry            # d1, d2: D at sigma_{i-1}, sigma_{i-2}
+        i, s, s_next, o = a
+        d = denoise(x, s)
+        sn = _safe_next(s, s_next)
+        lam = lambda v: -jnp.log(v)  # noqa: E731
+        em = jnp.expm1(-(lam(sn) - lam(s)))
+        first = (sn / s) * x - em * d
+        # second order from sigma_{i-1}
+        s1 = sigmas[jnp.maximum(i - 1, 0)]
+        h = lam(sn) - lam(s1)
+        em = jnp.expm1(-h)
+        dd = (d - d1) / ((lam(s) - lam(s1)) / h)
+        w = -0.5 * em if solver_type == "midpoint" else em / h + 1.0
+        second = (sn / s1) * x_start - em * d1 + w * dd
+        # third order from sigma_{i-2}
+        s2 = sigmas[jnp.maximum(i - 2, 0)]
+        h = lam(sn) - lam(s2)
+        r0, r1 = (lam(s) - lam(s2)) / h, (lam(s1) - lam(s2)) / h
+        em = jnp.expm1(-h)
+        d1_0, d1_1 = (d1 - d2) / r1, (d - d2) / r0
+        base = (sn / s2) * x_start - em * d2
+        if solver_type == "midpoint":
+            third = base + (em / h + 1.0) * d1_1
+        else:
+            dd1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
+            dd2 = 2.0 * (d1_1 - d1_0) / (r0 - r1)
+            third = base + (em / h + 1.0) * dd1 - ((em + h) / h ** 2 - 0.5) * dd2
+        x_new = jnp.where(o == 1, first, jnp.where(o == 2, second, third))
+        x_new = jnp.where(s_next > 0, x_new, d)
+        x_start = jnp.where(o == 1, x, x_start)
+        return (x_new, x_start, d, d1), None
+
+    z = jnp.zeros_like(x)
+    xs = (jnp.arange(n), sigmas[:-1], sigmas[1:], orders)
+    (x, _, _, _), _ = jax.lax.scan(step, (x, x, z, z), xs)
+    return x
+
+
 SAMPLERS = {
     "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, lambda n: n, 2, False,
                             "Lu et al. 2022 (DPM-Solver++), Alg. 2; diffusers "
@@ -171,6 +250,10 @@ SAMPLERS = {
     "dpmpp_2s_ancestral": SamplerInfo(sample_dpmpp_2s_ancestral, lambda n: 2 * n - 1, 1, True,
                                       "k-diffusion sample_dpmpp_2s_ancestral",
                                       ("eta", "s_noise")),
+    "dpm_solver_singlestep": SamplerInfo(sample_dpm_solver_singlestep, lambda n: n, 2, False,
+                                         "Lu et al. 2022 (DPM-Solver++), singlestep; diffusers "
+                                         "DPMSolverSinglestepScheduler",
+                                         ("order", "solver_type", "lower_order_final")),
     "dpmpp_sde": SamplerInfo(sample_dpmpp_sde, lambda n: 2 * n - 1, 1, True,
                              "k-diffusion sample_dpmpp_sde (noise per step, not a "
                              "Brownian tree)", ("eta", "s_noise", "r")),
