@@ -59,6 +59,14 @@ def test_unipc_matches_diffusers(order, variant):
         assert np.all(np.isfinite(np.asarray(out)))
 
 
+def test_unipc_without_corrector_matches_diffusers():
+    """use_corrector=False is UniP alone = diffusers with the corrector disabled everywhere."""
+    err = _parity("UniPCMultistepScheduler",
+                  dict(solver_order=3, disable_corrector=list(range(12))), 12, U.sample_unipc,
+                  "zero", LIN.denoiser(), LIN.torch, order=3, use_corrector=False)
+    assert err <= RTOL, err
+
+
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("steps", [12, 20])
 def test_deis_matches_diffusers(order, steps):
