@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import sampler_refs as R
-from diffjax.diffusion import schedules
+from diffjax.diffusion import samplers, schedules
 from diffjax.diffusion.gaussian_mixture import make_gaussian_mixture
 from diffjax.diffusion.samplers import dpm_solver as DP
 from diffjax.diffusion.samplers.base import step_noise
@@ -261,13 +261,19 @@ def test_singlestep_matches_diffusers(order, solver_type, steps, final, lower_or
     assert R.rel_err(R.ve_to_vp(np.asarray(got), sigmas[-1]), want) <= 1e-5
 
 
-@pytest.mark.parametrize("order", [2, 3])
-def test_singlestep_order_of_convergence(order):
+@pytest.mark.parametrize("name,options,order", [
+    ("dpm_solver_singlestep", dict(order=2, lower_order_final=False), 2),
+    ("dpm_solver_singlestep", dict(order=3, lower_order_final=False), 3),
+    ("dpmpp_2m", {}, 2),
+    ("dpmpp_3m", {}, 3),
+])
+def test_order_of_convergence(name, options, order):
     """Gaussian mixture, exponential grid on [0.05, 10] ending at sigma_min, float64, step
-    counts divisible by 2 and 3 (whole groups, lower_order_final off); reference: UniPC-3
-    with 2048 steps (3.5e-8 from DPM++(3M) at 4096 steps; fitted errors >= 2e-4). Measured
-    slopes 1.94 (order 2) and 2.87 (order 3), midpoint weighting."""
+    counts divisible by 2 and 3 (whole singlestep groups); reference: UniPC-3 with 2048
+    steps (3.5e-8 from DPM++(3M) at 4096 steps; fitted errors >= 2e-4). Measured slopes:
+    singlestep 1.94 / 2.87 (midpoint), 2M ~1.9, 3M ~2.9."""
     steps = [24, 36, 48, 72]
+    fn = samplers.SAMPLERS[name].fn
     with jax.enable_x64(True):
         gm = make_gaussian_mixture(shape=(8,), n_components=3, seed=3, spread=1.0, std=0.5)
         x0 = jnp.asarray(np.random.default_rng(2).normal(size=8) * 10.0, jnp.float64)
@@ -278,11 +284,12 @@ def test_singlestep_order_of_convergence(order):
         ref = jax.jit(lambda x: sample_unipc(gm.denoise, x, grid(2048), None, order=3,
                                              lower_order_final=False))(x0)
         errs = [float(jnp.max(jnp.abs(jax.jit(
-            lambda x, g=grid(n): DP.sample_dpm_solver_singlestep(
-                gm.denoise, x, g, None, order=order, lower_order_final=False))(x0) - ref)))
+            lambda x, g=grid(n): fn(gm.denoise, x, g, None, **options))(x0) - ref)))
             for n in steps]
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert abs(slope - order) <= 0.3, (slope, errs)
+    if not options:
+        assert samplers.SAMPLERS[name].order == order        # the catalogue says so
     assert DP.SAMPLERS["dpm_solver_singlestep"].order == 2   # default order 2
 
 
