@@ -1,0 +1,478 @@
+"""Sampler comparison grid: samplers x steps x guidance scales x schedules -> quality vs NFE.
+
+    diffjax compare --config configs/experiments/gmm_convergence.py --out runs/gmm
+    diffjax compare --config runs/gmm/config.json --out runs/gmm_again   # same table.md
+
+Models (config.model.kind):
+  "gmm"       the exact benchmark: Gaussian-mixture data (diffjax.diffusion.gaussian_mixture)
+              whose denoiser is closed form, on SD's training sigmas. Guidance is
+              class-conditional: seed i is assigned component i % K, the conditional
+              denoiser is that component's posterior mean, and the guided denoiser is
+              D_u + w (D_c - D_u) (w = 0: unconditional, w = 1: conditional).
+  "pipeline"  any model `diffjax.convert.load_components` takes (preset, diffusers folder,
+              diffjax checkpoint), sampled through `TextToImage(..., output="latents")` on
+              config.prompts; metric rmse.
+
+Metrics (config.metrics): rmse (convergence error against a fine deterministic reference
+solve from the same initial noise, `diffjax.metrics.convergence`) and frechet (Fréchet
+distance of the samples' Gaussian fit to the exact target moments, gmm only; for pipeline
+models it needs a CLIP vision tower folder, config.feature_extractor). NFE, compile time
+and wall time per sample are kept apart in results.json/csv; the Markdown table holds only
+deterministic numbers, so a rerun from the saved config.json reproduces it exactly.
+
+The grid is resumable: each finished cell is a JSON file under <out>/cells/ and each
+reference an .npy under <out>/reference/; a rerun into the same directory (same config)
+computes only what is missing. Everything is checked (samplers, metrics, schedules,
+reference fineness, feature folder) before any compute starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+METRICS = {
+    "rmse": "RMSE of final latents vs the reference solve (same initial noise)",
+    "frechet": "Fréchet distance of the samples' Gaussian fit to the exact target moments",
+}
+MODEL_KINDS = ("gmm", "pipeline")
+
+
+class CompareError(ValueError):
+    """The comparison config is wrong; the message names the key and the bad value."""
+
+
+# ----------------------------------------------------------------------------------------
+# the plan: everything checked before compute
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    sampler: str
+    schedule: str
+    guidance: float
+    steps: int
+    nfe: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.schedule}-g{self.guidance:g}-{self.sampler}-{self.steps}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    cells: tuple[Cell, ...]
+    metrics: tuple[str, ...]
+    guidances: tuple[float, ...]
+    seeds: np.ndarray
+    reference_nfe: int
+
+
+def _split(text, key: str, cast, what: str) -> tuple:
+    """A comma-separated config value (or a list) -> tuple of `cast`, naming bad items."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        try:
+            out.append(cast(item))
+        except ValueError:
+            raise CompareError(f"{key}: {item!r} is not {what}") from None
+    if not out:
+        raise CompareError(f"{key} is empty; give at least one {what}")
+    return tuple(out)
+
+
+def make_plan(config) -> Plan:
+    """Check the whole grid and return its cells; raises CompareError / FileNotFoundError /
+    ReferenceSolveError naming the problem before any model is built or sampled."""
+    from diffjax.diffusion.samplers import SAMPLERS
+    from diffjax.diffusion.schedules import SCHEDULES
+    from diffjax.metrics import convergence, frechet
+
+    kind = config.model.kind
+    if kind not in MODEL_KINDS:
+        raise CompareError(f"model.kind {kind!r} is not one of {MODEL_KINDS}")
+    samplers = _split(config.samplers, "samplers", str, "a sampler name")
+    for name in samplers:
+        if name not in SAMPLERS:
+            raise CompareError(f"samplers: unknown sampler {name!r}; valid: "
+                               f"{', '.join(sorted(SAMPLERS))}")
+    metrics = _split(config.metrics, "metrics", str, "a metric name")
+    for m in metrics:
+        if m not in METRICS:
+            raise CompareError(f"metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
+    schedules = _split(config.schedules, "schedules", str, "a schedule name")
+    for s in schedules:
+        if s not in SCHEDULES:
+            raise CompareError(f"schedules: unknown schedule {s!r}; valid: "
+                               f"{', '.join(SCHEDULES)}")
+    steps = _split(config.steps, "steps", int, "an integer step count")
+    if min(steps) < 1:
+        raise CompareError(f"steps must all be >= 1, got {steps}")
+    guidances = _split(config.guidance_scales, "guidance_scales", float, "a number")
+    if min(guidances) < 0:
+        raise CompareError(f"guidance_scales must be >= 0, got {guidances}")
+    if config.seeds < 2:
+        raise CompareError(f"seeds must be >= 2 (samples per cell), got {config.seeds}")
+    if config.dtype not in ("float32", "float64"):
+        raise CompareError(f"dtype must be 'float32' or 'float64', got {config.dtype!r}")
+    if kind == "pipeline" and "frechet" in metrics:
+        frechet.check_feature_folder(config.feature_extractor)
+        raise CompareError("metrics: frechet on pipeline models is not implemented yet "
+                           "(CLIP vision features); use rmse")
+    ref = config.reference
+    if ref.sampler not in SAMPLERS:
+        raise CompareError(f"reference.sampler: unknown sampler {ref.sampler!r}")
+    if ref.schedule not in SCHEDULES:
+        raise CompareError(f"reference.schedule: unknown schedule {ref.schedule!r}")
+    if ref.steps < 2:
+        raise CompareError(f"reference.steps must be >= 2, got {ref.steps}")
+    cells = tuple(Cell(s, sch, g, n, SAMPLERS[s].nfe(n))
+                  for sch in schedules for g in guidances for s in samplers for n in steps)
+    ref_info = SAMPLERS[ref.sampler]
+    convergence.check_reference(ref.sampler, ref_info.nfe(ref.steps), ref_info.stochastic,
+                                {c.key: c.nfe for c in cells})
+    from diffjax.diffusion.schedules import make_sigmas
+    for sch in schedules:            # named schedule errors (e.g. repeated sigmas) now,
+        for n in steps:              # on SD's training sigmas (the gmm's; SD models')
+            make_sigmas(sch, n, _sd_train_sigmas())
+    return Plan(cells, metrics, guidances, np.arange(config.seeds, dtype=np.uint32),
+                ref_info.nfe(ref.steps))
+
+
+def _sd_train_sigmas():
+    """SD's training sigmas (scaled_linear betas, 1000 steps): the benchmark's noise levels."""
+    from diffjax.diffusion import schedules
+    return schedules.sigmas_from_alphas_cumprod(schedules.alphas_cumprod_for("scaled_linear"))
+
+
+# ----------------------------------------------------------------------------------------
+# models: (sampler, schedule, steps, guidance) -> final latents [n_seeds, ...]
+# ----------------------------------------------------------------------------------------
+class GMMBenchmark:
+    """The exact benchmark (see module docstring)."""
+
+    def __init__(self, mc, seeds):
+        from diffjax.diffusion.gaussian_mixture import make_gaussian_mixture
+        self.gm = make_gaussian_mixture((mc.dim,), mc.n_components, mc.seed, mc.spread, mc.std)
+        self.seeds = seeds
+        self.classes = (np.arange(len(seeds)) % mc.n_components).astype(np.int32)
+        self.train_sigmas = _sd_train_sigmas()
+
+    def _denoiser(self, guidance: float):
+        import jax.numpy as jnp
+        gm = self.gm
+
+        def conditional(x, sigma, k):
+            mu = jnp.asarray(gm.means, x.dtype)[k]
+            s2 = jnp.asarray(gm.stds, x.dtype)[k] ** 2
+            return mu + s2 / (s2 + sigma ** 2) * (x - mu)
+
+        def denoise(x, sigma, k):
+            du = gm.denoise(x, sigma)
+            if guidance == 0.0:
+                return du
+            return du + guidance * (conditional(x, sigma, k) - du)
+        return denoise
+
+    def run(self, sampler, schedule, steps, guidance, reference=False):
+        """(latents, compile seconds, run seconds) for one cell."""
+        import jax
+        import jax.numpy as jnp
+
+        from diffjax.diffusion.sample import sample
+        from diffjax.diffusion.schedules import make_sigmas
+        sigmas = make_sigmas(schedule, steps, self.train_sigmas)
+        denoise = self._denoiser(guidance)
+        fn = jax.jit(lambda seeds, cls: sample(denoise, self.gm.means.shape[1:], seeds,
+                                               sampler, sigmas, cond=cls))
+        seeds, cls = jnp.asarray(self.seeds), jnp.asarray(self.classes)
+        t0 = time.perf_counter()
+        compiled = fn.lower(seeds, cls).compile()
+        t1 = time.perf_counter()
+        out = np.asarray(jax.block_until_ready(compiled(seeds, cls)))
+        return out, t1 - t0, time.perf_counter() - t1
+
+    def target(self, guidance: float):
+        """(means, stds, weights) of the distribution the cell should sample: the mixture
+        (w = 0), else the seeds' assigned components in their proportions (exact for w = 1;
+        for w > 1 the distance measures how far guidance moves samples off it)."""
+        if guidance == 0.0:
+            return self.gm.means, self.gm.stds, self.gm.weights
+        counts = np.bincount(self.classes, minlength=len(self.gm.weights)).astype(np.float64)
+        return self.gm.means, self.gm.stds, counts / counts.sum()
+
+
+class PipelineModel:
+    """Any load_components source, sampled to latents by TextToImage."""
+
+    def __init__(self, config, seeds):
+        from diffjax.convert import load_components
+        self.config = config
+        self.components = load_components(config.model.path, "float32", "xla",
+                                          config.model.seed)
+        prompts = [p.strip() for p in config.prompts.split("|") if p.strip()]
+        if not prompts:
+            raise CompareError("prompts is empty; give '|'-separated prompts")
+        self.prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
+        self.seeds = [int(s) for s in seeds]
+
+    def run(self, sampler, schedule, steps, guidance, reference=False):
+        from diffjax.pipeline import SampleSpec, TextToImage
+        spec = SampleSpec(sampler=sampler, steps=steps, schedule=schedule,
+                          guidance_scale=guidance, batch_size=len(self.seeds),
+                          mesh_shape=(1, 1, 1))
+        import jax
+        pipe = TextToImage(self.components, spec, devices=jax.devices()[:1], output="latents")
+        t0 = time.perf_counter()
+        pipe.compile_seconds()
+        t1 = time.perf_counter()
+        out = pipe(self.prompts, self.seeds)
+        return out, t1 - t0, time.perf_counter() - t1
+
+
+# ----------------------------------------------------------------------------------------
+# running (resumable)
+# ----------------------------------------------------------------------------------------
+def _check_same_job(out: str, config) -> None:
+    from diffjax.config import CONFIG_JSON, config_to_dict
+    path = os.path.join(out, CONFIG_JSON)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    old.pop("_diffjax", None)
+    new = config_to_dict(config)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise CompareError(f"{out} holds another study (config keys differ: "
+                           f"{', '.join(changed)}); use a new --out or the same config")
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: str, array) -> None:
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def run_study(config, out: str, progress: bool = True) -> list[dict]:
+    """Run (or resume) every cell of the grid; write all outputs; return the rows."""
+    import jax
+    from tqdm import tqdm
+
+    from diffjax.config import save_config
+    from diffjax.metrics import convergence, frechet
+    plan = make_plan(config)
+    _check_same_job(out, config)
+    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+    os.makedirs(os.path.join(out, "reference"), exist_ok=True)
+    save_config(config, out)
+    x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
+    with x64:
+        model = (GMMBenchmark(config.model, plan.seeds) if config.model.kind == "gmm"
+                 else PipelineModel(config, plan.seeds))
+        ref = config.reference
+        references, ref_errors = {}, {}
+        for g in plan.guidances:
+            path = os.path.join(out, "reference", f"g{g:g}.npy")
+            half = os.path.join(out, "reference", f"g{g:g}-half.npy")
+            if not os.path.exists(path):
+                _atomic_save_npy(path, model.run(ref.sampler, ref.schedule, ref.steps, g)[0])
+            if not os.path.exists(half):   # the reference's own error estimate
+                _atomic_save_npy(half, model.run(ref.sampler, ref.schedule,
+                                                 ref.steps // 2, g)[0])
+            references[g] = np.load(path)
+            ref_errors[g] = convergence.rmse(np.load(half), references[g])
+        todo = [c for c in plan.cells
+                if not os.path.exists(os.path.join(out, "cells", c.key + ".json"))]
+        bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), unit="cell",
+                   desc="compare", disable=not progress, dynamic_ncols=True)
+        for cell in todo:
+            x, compile_s, run_s = model.run(cell.sampler, cell.schedule, cell.steps,
+                                            cell.guidance)
+            row = dict(sampler=cell.sampler, schedule=cell.schedule, guidance=cell.guidance,
+                       steps=cell.steps, nfe=cell.nfe,
+                       compile_s=compile_s, seconds_per_sample=run_s / len(plan.seeds))
+            if "rmse" in plan.metrics:
+                row["rmse"] = convergence.rmse(x, references[cell.guidance])
+            if "frechet" in plan.metrics:
+                row["frechet"] = frechet.frechet_to_mixture(x, *model.target(cell.guidance))
+            _atomic_write(os.path.join(out, "cells", cell.key + ".json"), json.dumps(row))
+            bar.set_postfix_str(cell.key)
+            bar.update(1)
+        bar.close()
+        ref_rows = {}
+        if "frechet" in plan.metrics:
+            for g in plan.guidances:
+                ref_rows[g] = frechet.frechet_to_mixture(references[g], *model.target(g))
+    rows = []
+    for cell in plan.cells:
+        with open(os.path.join(out, "cells", cell.key + ".json"), encoding="utf-8") as f:
+            rows.append(json.load(f))
+    summary = dict(reference=dict(sampler=ref.sampler, steps=ref.steps, schedule=ref.schedule,
+                                  nfe=plan.reference_nfe,
+                                  rmse_vs_half_steps={f"{g:g}": e for g, e in
+                                                      ref_errors.items()},
+                                  frechet={f"{g:g}": e for g, e in ref_rows.items()}),
+                   slopes=fit_slopes(rows, config.fit_last) if "rmse" in plan.metrics else [])
+    write_outputs(out, config, plan, rows, summary)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# outputs
+# ----------------------------------------------------------------------------------------
+def _groups(rows):
+    """(schedule, guidance) -> sampler -> rows sorted by NFE, in first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["schedule"], r["guidance"]), {}).setdefault(r["sampler"], []).append(r)
+    for g in groups.values():
+        for s in g.values():
+            s.sort(key=lambda r: r["nfe"])
+    return groups
+
+
+def fit_slopes(rows, fit_last: int) -> list[dict]:
+    """Per (schedule, guidance, sampler): log-log slope of rmse vs NFE over the `fit_last`
+    finest cells (0: all)."""
+    from diffjax.metrics.convergence import fit_loglog_slope
+    out = []
+    for (schedule, guidance), by_sampler in _groups(rows).items():
+        for sampler, rs in by_sampler.items():
+            out.append(dict(schedule=schedule, guidance=guidance, sampler=sampler,
+                            slope=fit_loglog_slope([r["nfe"] for r in rs],
+                                                   [r["rmse"] for r in rs], fit_last)))
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3e}"
+
+
+def markdown_table(config, plan, rows, summary) -> str:
+    """Deterministic numbers only (no timings): the table a rerun must reproduce exactly."""
+    from diffjax.diffusion.samplers import SAMPLERS
+    lines = [f"# Sampler comparison: {config.name}", ""]
+    ref = summary["reference"]
+    lines.append(f"Model: {config.model.kind}; {len(plan.seeds)} seeds; reference: "
+                 f"{ref['sampler']} {ref['steps']} steps ({ref['schedule']}), NFE "
+                 f"{ref['nfe']}; dtype {config.dtype}. Cells show the metric, with the NFE "
+                 "in brackets where it differs from the step count.")
+    lines.append("")
+    for g, e in ref["rmse_vs_half_steps"].items():
+        lines.append(f"- reference error estimate (RMSE vs the same solve at half the steps), "
+                     f"guidance {g}: {_fmt(e)}")
+    for g, e in ref["frechet"].items():
+        lines.append(f"- reference Fréchet distance (finite-sample floor), guidance {g}: "
+                     f"{_fmt(e)}")
+    steps = sorted({r["steps"] for r in rows})
+    slopes = {(s["schedule"], s["guidance"], s["sampler"]): s["slope"]
+              for s in summary["slopes"]}
+    for metric in plan.metrics:
+        for (schedule, guidance), by_sampler in _groups(rows).items():
+            lines += ["", f"## {metric} — schedule {schedule}, guidance {guidance:g}", ""]
+            head = ["sampler", "order"] + [f"{n} steps" for n in steps]
+            if metric == "rmse":
+                head.append(f"slope (last {config.fit_last or 'all'})")
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("|" + "---|" * len(head))
+            for sampler, rs in by_sampler.items():
+                info = SAMPLERS[sampler]
+                by_steps = {r["steps"]: r for r in rs}
+                cells = []
+                for n in steps:
+                    r = by_steps.get(n)
+                    if r is None:
+                        cells.append("")
+                        continue
+                    cells.append(_fmt(r[metric]) + ("" if r["nfe"] == n else f" [{r['nfe']}]"))
+                order = f"{info.order}{' (stoch.)' if info.stochastic else ''}"
+                row = [sampler, order] + cells
+                if metric == "rmse":
+                    s = slopes[(schedule, guidance, sampler)]
+                    row.append("nan" if math.isnan(s) else f"{s:.2f}")
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(out: str, plan, rows, summary) -> list[str]:
+    """One log-log plot per metric and (schedule, guidance): metric vs NFE per sampler,
+    rmse legends carrying the fitted slope."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    slopes = {(s["schedule"], s["guidance"], s["sampler"]): s["slope"]
+              for s in summary["slopes"]}
+    paths = []
+    for metric in plan.metrics:
+        for (schedule, guidance), by_sampler in _groups(rows).items():
+            fig, ax = plt.subplots(figsize=(7, 5))
+            for sampler, rs in by_sampler.items():
+                label = sampler
+                if metric == "rmse":
+                    label += f" (slope {slopes[(schedule, guidance, sampler)]:.2f})"
+                ax.plot([r["nfe"] for r in rs], [r[metric] for r in rs], "o-", label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("NFE (denoiser calls)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric} vs NFE — {schedule}, guidance {guidance:g}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+            path = os.path.join(out, f"{metric}_{schedule}_g{guidance:g}.png")
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def write_outputs(out: str, config, plan, rows, summary) -> None:
+    columns = ["sampler", "schedule", "guidance", "steps", "nfe", *plan.metrics,
+               "compile_s", "seconds_per_sample"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    _atomic_write(os.path.join(out, "results.csv"), buf.getvalue())
+    _atomic_write(os.path.join(out, "results.json"),
+                  json.dumps(dict(rows=rows, **summary), indent=1) + "\n")
+    _atomic_write(os.path.join(out, "table.md"), markdown_table(config, plan, rows, summary))
+    write_plots(out, plan, rows, summary)
+
+
+def main(argv=None) -> int:
+    """`python experiments/compare_samplers.py --config ... --out ...` (= `diffjax compare`)."""
+    import argparse
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from diffjax.cli import split_config_overrides
+    from diffjax.commands import compare
+    argv, overrides = split_config_overrides(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(prog="compare_samplers")
+    compare.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.config_overrides = overrides
+    return compare.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
