@@ -14,6 +14,7 @@ from diffjax.config import parse_arg
 def get_config(arg=None):
     a = parse_arg(arg, model="tiny", dataset="", steps=1000, batch=8)
     c = ml_collections.ConfigDict()
+    c.trainer = "unet"              # diffjax/commands/train.py dispatches on this
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(name=a.model))
     c.data = ml_collections.ConfigDict(dict(
@@ -28,6 +29,10 @@ def get_config(arg=None):
     c.train = ml_collections.ConfigDict(dict(
         num_steps=a.steps, save_every=500, keep_checkpoints=3, ema_decay=0.999,
         snr_gamma=5.0,              # min-SNR-gamma weighting; 0 = uniform
-        compute_dtype="float32"))   # or "bfloat16" (master weights stay float32)
+        compute_dtype="float32",    # or "bfloat16" (master weights stay float32)
+        sample_every=0,             # > 0: a sample grid PNG in workdir/samples every N steps
+        sample_steps=20, sample_guidance=3.0, sample_seeds=(0, 1),
+        sample_params="params",     # or "ema_params" (long runs)
+        progress=True))             # the tqdm bar
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
     return c

@@ -29,12 +29,14 @@ class NonFiniteLossError(RuntimeError):
 def train_loop(state: TrainState, step_fn: Callable, batches: Iterator, key: jax.Array, *,
                num_steps: int, make_batch: Callable = lambda b: b, manager=None,
                save_every: int = 0, config: dict | None = None,
-               on_metrics: Callable | None = None) -> tuple[TrainState, list[dict]]:
+               on_metrics: Callable | None = None,
+               on_state: Callable | None = None) -> tuple[TrainState, list[dict]]:
     """Run until state.step == num_steps; returns (state, per-step metrics as floats).
 
     `batches` is an iterator with get_state() (grain) whose state is saved with each
     checkpoint; `make_batch` turns its output into the step's batch (e.g. global arrays).
     Saves every `save_every` steps, at the end, and on SIGTERM (then returns early).
+    `on_state(state, metrics)` runs after each step (e.g. a periodic sample grid).
     """
     history: list[dict] = []
     last_saved = manager.latest_step() if manager is not None else None
@@ -63,6 +65,8 @@ def train_loop(state: TrainState, step_fn: Callable, batches: Iterator, key: jax
             history.append(m)
             if on_metrics is not None:
                 on_metrics(m)
+            if on_state is not None:
+                on_state(state, m)
             if manager is not None and ((save_every and step % save_every == 0)
                                         or step == num_steps or stop["flag"]):
                 last_saved = save_now(state)

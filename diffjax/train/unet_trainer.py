@@ -23,6 +23,7 @@ from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.diffusion import schedules
 from diffjax.train import checkpoint, loop
+from diffjax.train.logging import RunLogger
 from diffjax.train.state import OptimizerConfig, create_train_state, make_optimizer
 from diffjax.train.step import make_train_step
 
@@ -117,13 +118,26 @@ def train_and_evaluate(config, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(_plain(c), f, indent=1)
-    # Scalars as JSON lines (one per step, appended across resumes); TensorBoard is not
-    # written yet (it needs TensorFlow or tensorboardX, neither a dependency).
-    with open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8") as log:
-        def on_metrics(m):
-            log.write(json.dumps(m) + "\n")
-            log.flush()
+    # Scalars to metrics.jsonl (one line per step, appended across resumes) and TensorBoard
+    # event files under workdir/tb; a sample grid PNG every train.sample_every steps.
+    on_state = None
+    sample_every = c.train.get("sample_every", 0)
+    if sample_every:
+        from diffjax.train.sample_grid import SHAPES_PROMPTS, GridSampler
+        grid = GridSampler(comps, tuple(c.train.get("sample_prompts", SHAPES_PROMPTS)),
+                           tuple(c.train.get("sample_seeds", (0, 1))),
+                           steps=c.train.get("sample_steps", 20),
+                           guidance_scale=c.train.get("sample_guidance", 3.0))
+        which = c.train.get("sample_params", "params")  # or "ema_params"
+
+        def on_state(s, m):
+            if m["step"] % sample_every == 0:
+                grid(getattr(s, which),
+                     os.path.join(workdir, "samples", f"step_{m['step']:07d}.png"))
+
+    with RunLogger(workdir, c.train.num_steps, int(state.step),
+                   progress=c.train.get("progress", True), desc="unet") as logger:
         return loop.train_loop(state, step_fn, it, jax.random.key(c.seed),
                                num_steps=c.train.num_steps, make_batch=make_batch,
                                manager=manager, save_every=c.train.save_every,
-                               config=_plain(c), on_metrics=on_metrics)
+                               config=_plain(c), on_metrics=logger.log, on_state=on_state)

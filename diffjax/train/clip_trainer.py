@@ -1,0 +1,107 @@
+"""Train both CLIP towers contrastively on image-caption pairs (e.g. shapes captions).
+
+    state, metrics = train_and_evaluate(config, workdir)   # config: configs/train/clip.py
+
+Why this loss: it is CLIP's symmetric InfoNCE (cross-entropy of the [texts, images]
+logits against the diagonal, both directions, averaged), with the learned temperature
+`logit_scale` as a parameter, clamped at log(100) as in the CLIP paper. The trained text
+tower is what a mini SD conditions on; its `text_model` params convert like any CLIP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffjax.train import runner
+from diffjax.train.state import TrainState
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def contrastive_loss(logits) -> tuple[jax.Array, dict]:
+    """Symmetric cross-entropy of square logits [texts, images] against the diagonal.
+
+    Returns (loss, {"accuracy": mean over both directions of argmax == diagonal}).
+    """
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"expected square logits [texts, images], got shape {logits.shape}")
+    labels = jnp.arange(logits.shape[0])
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    i2t = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    acc = 0.5 * (jnp.mean(jnp.argmax(logits, 1) == labels)
+                 + jnp.mean(jnp.argmax(logits, 0) == labels))
+    return 0.5 * (t2i + i2t), {"accuracy": acc}
+
+
+def make_clip_step(model, *, ema_decay: float = 0.999):
+    """tx -> `step(state, {"ids": [B, L], "image": [B,H,W,3] in [-1,1]}, key)`.
+
+    Pixels go in as the pipeline gives them ([-1, 1]); no CLIP mean/std normalization,
+    since this model is trained from scratch on that range.
+    """
+    def with_tx(tx: optax.GradientTransformation):
+        def loss_fn(params, ids, pixels):
+            logits = model.apply({"params": params}, ids, pixels)
+            return contrastive_loss(logits)
+
+        def step(state: TrainState, batch: dict, key: jax.Array):  # noqa: ARG001 - no RNG
+            pixels = jnp.asarray(batch["image"], jnp.float32)
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, batch["ids"], pixels)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0,
+                                                         MAX_LOGIT_SCALE)}
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                               state.ema_params, params)
+            new = TrainState(step=state.step + 1, params=params, ema_params=ema,
+                             opt_state=opt_state)
+            return new, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                         "logit_scale": jnp.exp(params["logit_scale"]), **aux}
+        return step
+    return with_tx
+
+
+def clip_configs(text_preset: str, vision_preset: str, resolution: int):
+    """(text, vision) configs: the text tower gets the vision tower's projection_dim."""
+    from diffjax.models import presets
+    for name, table in (("text", presets.CLIP_TEXT_PRESETS),
+                        ("vision", presets.CLIP_VISION_PRESETS)):
+        key = text_preset if name == "text" else vision_preset
+        if key not in table:
+            raise ValueError(f"model.{name} {key!r} is not a CLIP {name} preset; presets: "
+                             f"{', '.join(table)}")
+    vision = dataclasses.replace(presets.CLIP_VISION_PRESETS[vision_preset],
+                                 image_size=resolution)
+    if resolution % vision.patch_size:
+        raise ValueError(f"data.resolution {resolution} is not a multiple of the vision "
+                         f"tower's patch_size {vision.patch_size}")
+    text = dataclasses.replace(presets.CLIP_TEXT_PRESETS[text_preset],
+                               projection_dim=vision.projection_dim)
+    return text, vision
+
+
+def train_and_evaluate(config, workdir: str, *, progress: bool = True):
+    """Train config.train.num_steps CLIP updates; resumes from workdir's latest checkpoint.
+
+    Returns (final TrainState, list of per-step metrics of this call).
+    """
+    from diffjax.models.clip import CLIPModel
+    from diffjax.text import load_tokenizer
+    c = config
+    text, vision = clip_configs(c.model.text, c.model.vision, c.data.resolution)
+    model = CLIPModel(text, vision)
+    r = c.data.resolution
+    params = jax.jit(model.init)(jax.random.key(c.seed),
+                                 jnp.zeros((1, text.max_position_embeddings), jnp.int32),
+                                 jnp.zeros((1, r, r, 3)))["params"]
+    params = jax.tree.map(lambda p: p.unbox() if hasattr(p, "unbox") else p, params,
+                          is_leaf=lambda p: hasattr(p, "unbox"))
+    return runner.run_single_model(c, workdir, params, make_clip_step(
+        model, ema_decay=c.train.ema_decay), {"image": 4, "ids": 2},
+        tokenize=load_tokenizer(), progress=progress)

@@ -1,0 +1,85 @@
+"""What the VAE and CLIP trainers share around their train step: data, mesh, checkpoints.
+
+Why a separate file: the UNet trainer predates it (and also freezes two models); the VAE
+and CLIP trainers are single-model runs whose only difference is the step, so the
+plumbing (sharded batches, resume, logging) lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+from diffjax import sharding
+from diffjax.data import builders, pipeline
+from diffjax.train import checkpoint, loop
+from diffjax.train.logging import RunLogger
+from diffjax.train.state import OptimizerConfig, TrainState, create_train_state, make_optimizer
+
+
+def plain(config) -> dict:
+    """A ConfigDict (or dict) as plain JSON-able data."""
+    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+
+
+def make_mesh_checked(c):
+    """The config's mesh; a named error when the global batch does not split over it."""
+    mesh = sharding.make_mesh(tuple(c.mesh.shape))
+    n_data = sharding.data_size(mesh)
+    if c.data.batch_size % (n_data * jax.process_count()):
+        raise ValueError(f"data.batch_size {c.data.batch_size} is not divisible by the mesh's "
+                         f"data axes (data x fsdp = {n_data}) times {jax.process_count()} "
+                         f"processes")
+    return mesh
+
+
+def data_iterator(c, tokenize=None, caption_dropout: float = 0.0):
+    """The grain iterator of per-process batches (get_state/set_state for exact resume)."""
+    source = builders.open_source(c.data.dataset, c.data.split, c.data.data_dir or None)
+    pcfg = pipeline.PipelineConfig(
+        batch_size=c.data.batch_size // jax.process_count(), resolution=c.data.resolution,
+        seed=c.seed, crop=c.data.crop, flip=c.data.flip, caption_dropout=caption_dropout,
+        image_key=c.data.image_key, caption_key=c.data.caption_key)
+    return iter(pipeline.make_dataset(source, pcfg, tokenize,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count()))
+
+
+def run_single_model(c, workdir: str, params, step: Callable, batch_ndims: dict[str, int],
+                     tokenize=None, progress: bool = True) -> tuple[TrainState, list[dict]]:
+    """Train `params` with `step(state, batch, key) -> (state, metrics)` under config `c`.
+
+    batch_ndims: the batch keys the step reads and their ranks (e.g. {"image": 4}).
+    Resumes from workdir's latest checkpoint; logs through RunLogger.
+    """
+    mesh = make_mesh_checked(c)
+    tx = make_optimizer(OptimizerConfig(**plain(c.optimizer)))
+    repl = sharding.replicated(mesh)
+    batch_spec = {k: sharding.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
+    jitted = jax.jit(step(tx), in_shardings=(repl, batch_spec, repl),
+                     out_shardings=(repl, repl), donate_argnums=0)
+    state = jax.device_put(create_train_state(params, tx), repl)
+    manager = checkpoint.make_manager(workdir, keep=c.train.keep_checkpoints)
+    it = data_iterator(c, tokenize)
+    if manager.latest_step() is not None:
+        state, data_state, _ = checkpoint.restore(manager, state)
+        state = jax.device_put(state, repl)
+        it.set_state(data_state)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(plain(c), f, indent=1)
+
+    def make_batch(b):
+        return {k: jax.make_array_from_process_local_data(batch_spec[k], np.asarray(b[k]))
+                for k in batch_spec}
+
+    with RunLogger(workdir, c.train.num_steps, int(state.step), progress=progress,
+                   desc=c.trainer) as logger:
+        return loop.train_loop(state, jitted, it, jax.random.key(c.seed),
+                               num_steps=c.train.num_steps, make_batch=make_batch,
+                               manager=manager, save_every=c.train.save_every,
+                               config=plain(c), on_metrics=logger.log)
