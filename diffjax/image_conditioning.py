@@ -222,7 +222,8 @@ class ImageToImage(TextToImage):
 
     def __init__(self, components, spec, init_image, mask=None, strength: float = 0.75,
                  resize: bool = True, paste_back: bool = True, devices=None,
-                 output: str = "images", init_image_hash: str | None = None, mask_hash: str | None = None):
+                 output: str = "images", init_image_hash: str | None = None,
+                 mask_hash: str | None = None):
         """init_image / mask: arrays or PIL images (see check_init_image / check_mask);
         resize: resize an init image of another size (with a warning) instead of failing;
         paste_back: with blending, the decoded pixels outside the mask are the VAE round
@@ -232,8 +233,15 @@ class ImageToImage(TextToImage):
         *_hash: recorded in metadata (default: a hash of the array)."""
         from diffjax import sharding
         self.strength = check_strength(strength)
-        super().__init__(components, spec, devices=devices, output=output)
         c = components
+        # Inputs are checked before the model is placed (TextToImage re-checks the size).
+        f = c.vae_config.downsample_factor
+        height = spec.height or c.unet_config.sample_size * f
+        width = spec.width or c.unet_config.sample_size * f
+        self.has_mask = mask is not None
+        m = (check_mask(mask, height, width) if self.has_mask
+             else np.zeros((height, width), np.float32))
+        image = check_init_image(init_image, height, width, resize)
         lc, inc = c.vae_config.latent_channels, c.unet_config.in_channels
         if inc == lc:
             self.inpaint_unet = False
@@ -247,10 +255,7 @@ class ImageToImage(TextToImage):
             raise ImageConditioningError(
                 f"UNet in_channels {inc} is neither the VAE's {lc} latent channels nor an "
                 f"inpainting UNet's {2 * lc + 1}")
-        image = check_init_image(init_image, self.height, self.width, resize)
-        self.has_mask = mask is not None
-        m = (check_mask(mask, self.height, self.width) if self.has_mask
-             else np.zeros((self.height, self.width), np.float32))
+        super().__init__(components, spec, devices=devices, output=output)
         self.init_image_hash = init_image_hash or array_sha256(image)
         self.mask_hash = (mask_hash or array_sha256(m)) if self.has_mask else None
         self.start = start_index(spec.steps, self.strength)
@@ -356,3 +361,71 @@ class ImageToImage(TextToImage):
         if self.has_mask:
             meta["mask_sha256"] = self.mask_hash
         return meta
+
+
+# ----------------------------------------------------------------------------------------
+# `diffjax sample --init-image ... --mask ... --strength ... --aspect ... --pixels ...`
+# ----------------------------------------------------------------------------------------
+IMAGE_DEFAULTS = dict(init_image="", mask="", strength=0.75, resize=True)
+
+
+def add_arguments(parser) -> None:
+    """The image-conditioning flags of `diffjax sample` (recorded in config.image)."""
+    parser.add_argument("--init-image", help="img2img / inpainting: the init image "
+                                             "(config.image.init_image)")
+    parser.add_argument("--mask", help="inpainting mask, single-channel, the image's size; "
+                                       "white = repaint (config.image.mask)")
+    parser.add_argument("--strength", type=float, help="0 = the init image, 1 = ignore it "
+                                                       "(config.image.strength, default 0.75)")
+    parser.add_argument("--no-resize", action="store_true", default=None,
+                        help="an init image of another size is an error, not resized")
+    parser.add_argument("--aspect", help="W:H, e.g. 16:9; with --pixels picks height/width")
+    parser.add_argument("--pixels", type=int, help="about this many pixels (e.g. 262144)")
+
+
+def apply_flags(config, args):
+    """Put the image flags into `config` (config.image, height, width) so config.json
+    reruns the job. --aspect/--pixels need the model's size factor, so they load the model:
+    returns its Components (to be reused) or None."""
+    import ml_collections
+
+    from diffjax.config import apply_override
+    flags = dict(init_image=getattr(args, "init_image", None), mask=getattr(args, "mask", None),
+                 strength=getattr(args, "strength", None),
+                 resize=False if getattr(args, "no_resize", None) else None)
+    if any(v is not None for v in flags.values()) and "image" not in config:
+        with config.unlocked():
+            config.image = ml_collections.ConfigDict(IMAGE_DEFAULTS)
+    for key, value in flags.items():
+        if value is not None:
+            apply_override(config, f"image.{key}={value}")
+    if "image" in config:
+        check_strength(config.image.strength)
+        if not config.image.init_image and (config.image.mask or flags["strength"] is not None):
+            raise ImageConditioningError("--mask / --strength need --init-image")
+    aspect, pixels = getattr(args, "aspect", None), getattr(args, "pixels", None)
+    if aspect is None and pixels is None:
+        return None
+    from diffjax.convert import load_components
+    comps = load_components(config.model, config.dtype, config.attention, 0)
+    factor = comps.vae_config.downsample_factor * comps.unet_config.downsample_factor
+    native = comps.unet_config.sample_size * comps.vae_config.downsample_factor
+    height, width = nearest_size(aspect or "1:1", pixels or native * native, factor)
+    apply_override(config, f"height={height}")
+    apply_override(config, f"width={width}")
+    return comps
+
+
+def pipeline_for(config, spec, components=None) -> TextToImage:
+    """ImageToImage when config.image names an init image, else TextToImage; the PNG
+    metadata records the init image's and mask's file hashes (sha256) and the strength."""
+    if components is None:
+        from diffjax.convert import load_components
+        components = load_components(config.model, spec.dtype, spec.attention, 0)
+    image = config.get("image")
+    if not image or not image.init_image:
+        return TextToImage(components, spec)
+    mask = load_mask(image.mask) if image.mask else None
+    return ImageToImage(components, spec, load_image(image.init_image), mask, image.strength,
+                        resize=image.resize, init_image_hash=file_sha256(image.init_image),
+                        mask_hash=file_sha256(image.mask) if image.mask else None)

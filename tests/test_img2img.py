@@ -180,3 +180,47 @@ def test_bad_inputs_are_named(tiny, init_image):
         _pipe(tiny, init_image, strength=2.0)
     with pytest.raises(ic.ImageConditioningError, match="40x48"):
         _pipe(tiny, big, resize=False)
+
+
+def _save(array, path):
+    from PIL import Image
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def test_sample_command_img2img(tmp_path, init_image, capsys):
+    """`diffjax sample --init-image --mask --strength --aspect --pixels` in-process: strength
+    0 (no sampler step, so only the VAE compiles) at 2:1, the init image resized with a
+    warning, the hashes and strength in every PNG and the flags in config.json."""
+    import hashlib
+    import json
+
+    from diffjax import cli, outputs
+    img = _save((init_image * 255).astype(np.uint8), tmp_path / "init.png")
+    m = np.zeros((16, 32), np.uint8)
+    m[4:12, 8:24] = 255
+    msk = _save(m, tmp_path / "mask.png")
+    base = ["sample", "--prompt", "a red circle", "--seeds", "0,5", "--init-image", img,
+            "--strength", "0", "--aspect", "2:1", "--pixels", "512",
+            "--config.compilation_cache=", "--config.batch_size=8"]
+    # Named errors before anything is written: an RGB mask, a wrong-size image by flag.
+    rgb = _save(np.zeros((16, 32, 3), np.uint8), tmp_path / "rgb.png")
+    assert cli.main([*base, "--mask", rgb, "--out", str(tmp_path / "bad")]) == 2
+    assert "single-channel" in capsys.readouterr().err
+    assert cli.main([*base, "--no-resize", "--out", str(tmp_path / "bad")]) == 2
+    assert "init image is 32x32 (HxW) but the output is 16x32" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="resized to 16x32"):
+        assert cli.main([*base, "--mask", msk, "--out", str(out)]) == 0
+    sha = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()  # noqa: E731
+    for name in ("000000-seed0.png", "000001-seed5.png"):
+        meta = outputs.read_png_metadata(out / name)
+        assert (meta["init_image_sha256"], meta["mask_sha256"]) == (sha(img), sha(msk))
+        assert meta["strength"] == 0.0 and (meta["height"], meta["width"]) == (16, 32)
+        from PIL import Image
+        assert Image.open(out / name).size == (32, 16)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["image"] == dict(init_image=img, mask=msk, strength=0.0, resize=True)
+    assert (saved["height"], saved["width"]) == (16, 32)

@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="preset name, diffusers folder or diffjax checkpoint "
                                         "(config.model)")
     parser.add_argument("--out", help="output directory, local or gs:// (config.out)")
+    from diffjax import image_conditioning   # --init-image --mask --strength --aspect ...
+    image_conditioning.add_arguments(parser)
 
 
 FLAG_TO_KEY = {"prompt": "prompt", "prompt_file": "prompt_file", "seeds": "seeds",
@@ -91,6 +93,12 @@ def run(args) -> int:
     enable_compilation_cache(config.compilation_cache)
     initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                            config.distributed.process_id)
+    from diffjax import image_conditioning as ic
+    try:                                       # img2img / inpainting / aspect -> config
+        comps = ic.apply_flags(config, args)
+    except ic.ImageConditioningError as e:
+        print(f"diffjax sample: {e}", file=sys.stderr)
+        return 2
     spec = spec_from_config(config)            # validates before anything is written
     out = epath.Path(config.out)
     try:
@@ -98,7 +106,14 @@ def run(args) -> int:
     except prompts.PromptFileError as e:
         print(f"diffjax sample: {e}", file=sys.stderr)
         return 2
-    pipe = load_pipeline(config.model, spec)
+    if comps is None and not config.get("image"):
+        pipe = load_pipeline(config.model, spec)
+    else:
+        try:
+            pipe = ic.pipeline_for(config, spec, comps)
+        except (ic.ImageConditioningError, OSError) as e:
+            print(f"diffjax sample: {e}", file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     import jax
     if jax.process_index() == 0:
