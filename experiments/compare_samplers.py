@@ -45,6 +45,7 @@ METRICS = {
     "frechet": "Fréchet distance of the samples' Gaussian fit to the exact target moments",
 }
 MODEL_KINDS = ("gmm", "pipeline")
+CONTINUOUS = ("karras", "exponential", "polyexponential")  # take sigma_min
 
 
 class CompareError(ValueError):
@@ -138,6 +139,12 @@ def make_plan(config) -> Plan:
         raise CompareError(f"reference.schedule: unknown schedule {ref.schedule!r}")
     if ref.steps < 2:
         raise CompareError(f"reference.steps must be >= 2, got {ref.steps}")
+    if ref.sigma_min < 0:
+        raise CompareError(f"reference.sigma_min must be >= 0, got {ref.sigma_min}")
+    if ref.sigma_min > 0 and (ref.schedule not in CONTINUOUS or kind != "gmm"):
+        raise CompareError(f"reference.sigma_min={ref.sigma_min} needs a gmm model and a "
+                           f"continuous reference.schedule ({', '.join(CONTINUOUS)}); got "
+                           f"{kind!r}, {ref.schedule!r}")
     cells = tuple(Cell(s, sch, g, n, SAMPLERS[s].nfe(n))
                   for sch in schedules for g in guidances for s in samplers for n in steps)
     ref_info = SAMPLERS[ref.sampler]
@@ -186,14 +193,16 @@ class GMMBenchmark:
             return du + guidance * (conditional(x, sigma, k) - du)
         return denoise
 
-    def run(self, sampler, schedule, steps, guidance, reference=False):
-        """(latents, compile seconds, run seconds) for one cell."""
+    def run(self, sampler, schedule, steps, guidance, sigma_min=0.0):
+        """(latents, compile seconds, run seconds) for one cell; sigma_min > 0 ends a
+        continuous grid's nonzero sigmas there instead of at the training minimum."""
         import jax
         import jax.numpy as jnp
 
         from diffjax.diffusion.sample import sample
         from diffjax.diffusion.schedules import make_sigmas
-        sigmas = make_sigmas(schedule, steps, self.train_sigmas)
+        extra = dict(sigma_min=sigma_min) if sigma_min > 0 else {}
+        sigmas = make_sigmas(schedule, steps, self.train_sigmas, **extra)
         denoise = self._denoiser(guidance)
         fn = jax.jit(lambda seeds, cls: sample(denoise, self.gm.means.shape[1:], seeds,
                                                sampler, sigmas, cond=cls))
@@ -228,7 +237,7 @@ class PipelineModel:
         self.prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
         self.seeds = [int(s) for s in seeds]
 
-    def run(self, sampler, schedule, steps, guidance, reference=False):
+    def run(self, sampler, schedule, steps, guidance, sigma_min=0.0):
         from diffjax.pipeline import SampleSpec, TextToImage
         spec = SampleSpec(sampler=sampler, steps=steps, schedule=schedule,
                           guidance_scale=guidance, batch_size=len(self.seeds),
@@ -295,10 +304,11 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
             path = os.path.join(out, "reference", f"g{g:g}.npy")
             half = os.path.join(out, "reference", f"g{g:g}-half.npy")
             if not os.path.exists(path):
-                _atomic_save_npy(path, model.run(ref.sampler, ref.schedule, ref.steps, g)[0])
+                _atomic_save_npy(path, model.run(ref.sampler, ref.schedule, ref.steps, g,
+                                                 ref.sigma_min)[0])
             if not os.path.exists(half):   # the reference's own error estimate
                 _atomic_save_npy(half, model.run(ref.sampler, ref.schedule,
-                                                 ref.steps // 2, g)[0])
+                                                 ref.steps // 2, g, ref.sigma_min)[0])
             references[g] = np.load(path)
             ref_errors[g] = convergence.rmse(np.load(half), references[g])
         todo = [c for c in plan.cells
@@ -328,7 +338,7 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
         with open(os.path.join(out, "cells", cell.key + ".json"), encoding="utf-8") as f:
             rows.append(json.load(f))
     summary = dict(reference=dict(sampler=ref.sampler, steps=ref.steps, schedule=ref.schedule,
-                                  nfe=plan.reference_nfe,
+                                  nfe=plan.reference_nfe, sigma_min=ref.sigma_min,
                                   rmse_vs_half_steps={f"{g:g}": e for g, e in
                                                       ref_errors.items()},
                                   frechet={f"{g:g}": e for g, e in ref_rows.items()}),
@@ -375,7 +385,10 @@ def markdown_table(config, plan, rows, summary) -> str:
     ref = summary["reference"]
     lines.append(f"Model: {config.model.kind}; {len(plan.seeds)} seeds; reference: "
                  f"{ref['sampler']} {ref['steps']} steps ({ref['schedule']}), NFE "
-                 f"{ref['nfe']}; dtype {config.dtype}. Cells show the metric, with the NFE "
+                 f"{ref['nfe']}, "
+                 + (f"last nonzero sigma {ref['sigma_min']:g}" if ref["sigma_min"] > 0 else
+                    "same last nonzero sigma as the cells")
+                 + f"; dtype {config.dtype}. Cells show the metric, with the NFE "
                  "in brackets where it differs from the step count.")
     lines.append("")
     for g, e in ref["rmse_vs_half_steps"].items():
@@ -426,11 +439,13 @@ def write_plots(out: str, plan, rows, summary) -> list[str]:
     for metric in plan.metrics:
         for (schedule, guidance), by_sampler in _groups(rows).items():
             fig, ax = plt.subplots(figsize=(7, 5))
-            for sampler, rs in by_sampler.items():
+            colors = plt.get_cmap("tab20").colors
+            for i, (sampler, rs) in enumerate(by_sampler.items()):
                 label = sampler
                 if metric == "rmse":
                     label += f" (slope {slopes[(schedule, guidance, sampler)]:.2f})"
-                ax.plot([r["nfe"] for r in rs], [r[metric] for r in rs], "o-", label=label)
+                ax.plot([r["nfe"] for r in rs], [r[metric] for r in rs], "os^vDP*X"[i % 8] + "-",
+                        color=colors[i % len(colors)], label=label, markersize=4)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("NFE (denoiser calls)")

@@ -189,3 +189,15 @@ def test_committed_study_shows_first_order_worse_at_nfe_10():
     assert -2.2 < slopes["heun"] < -1.8, slopes
     assert slopes["dpmpp_2m"] < -1.6, slopes
     assert slopes["dpmpp_3m"] < -2.2 and slopes["unipc"] < -2.2, slopes
+
+
+def test_committed_study_cell_reproduces_from_its_config(tmp_path):
+    """One cell of the committed study, rerun from its config.json (narrowed to that cell),
+    gives the number its table shows (the full rerun is in the study's README)."""
+    with open(os.path.join(STUDY, "results.json")) as f:
+        saved = {(r["sampler"], r["steps"]): r for r in json.load(f)["rows"]}
+    config = load_config(os.path.join(STUDY, "config.json"),
+                         [f"out={tmp_path / 'r'}", "samplers=unipc", "steps=10"])
+    (row,) = runner.run_study(config, config.out, progress=False)
+    for metric in ("rmse", "frechet"):
+        assert f"{row[metric]:.3e}" == f"{saved[('unipc', 10)][metric]:.3e}", metric
