@@ -354,7 +354,8 @@ def _groups(rows):
     """(schedule, guidance) -> sampler -> rows sorted by NFE, in first-seen order."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["schedule"], r["guidance"]), {}).setdefault(r["sampler"], []).append(r)
+        group = groups.setdefault((r["schedule"], r["guidance"]), {})
+        group.setdefault(r["sampler"], []).append(r)
     for g in groups.values():
         for s in g.values():
             s.sort(key=lambda r: r["nfe"])
