@@ -148,6 +148,18 @@ def test_inpainting_unet_pipeline(tiny, inpaint_unet, init_image, mask):
     assert not np.allclose(lat[0], lat[1], atol=1e-3)            # each seed its own noise
 
 
+def test_latent_masks():
+    # "nearest" is what diffusers feeds its inpainting UNet: torch interpolate, mode nearest.
+    rng = np.random.default_rng(1)
+    m = (rng.random((H, W)) > 0.7).astype(np.float32)
+    want = torch.nn.functional.interpolate(torch.tensor(m)[None, None], size=(H // 4, W // 4))
+    np.testing.assert_array_equal(ic.latent_mask(m, 4, "nearest")[..., 0], want[0, 0].numpy())
+    # "max": a cell is kept only if none of its pixels is repainted.
+    got = ic.latent_mask(m, 4, "max")[..., 0]
+    assert got.shape == (8, 8)
+    assert np.array_equal(got == 0, m.reshape(8, 4, 8, 4).sum(axis=(1, 3)) == 0)
+
+
 def test_nearest_size():
     assert ic.nearest_size("16:9", 262144, 8) == (384, 680)
     assert ic.nearest_size("1:1", 262144, 64) == (512, 512)
