@@ -74,7 +74,7 @@ def jaxpr_flops(fn, *args) -> float:
                 k = np.prod([a[d] for d in lc]) if lc else 1
                 total += mult * 2.0 * np.prod(out) * k
             elif name == "conv_general_dilated":
-                lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+                rhs = eqn.invars[1].aval.shape
                 out = eqn.outvars[0].aval.shape
                 dn = eqn.params["dimension_numbers"]
                 kernel_spatial = np.prod([rhs[d] for d in dn.rhs_spec[2:]])

@@ -17,7 +17,8 @@ import numpy as np
 
 from diffjax.models.clip import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
                                  CLIPVisionModel)
-from diffjax.weights.io import WeightsError, find_weights_file, load_state_dict, save_state_dict
+from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
+                                read_config_json, save_state_dict)
 from diffjax.weights.mapping import params_to_state_dict, state_dict_to_params
 
 IGNORED = ("position_ids",)  # a buffer older checkpoints saved; not a parameter
@@ -139,11 +140,7 @@ def clip_text_config_to_hf(config: CLIPTextConfig) -> dict:
 # ---------------------------------------------------------------- folders
 def load_text_encoder(folder: str) -> tuple[CLIPTextConfig, dict]:
     """A `text_encoder/` folder (config.json + model.safetensors | pytorch_model.bin)."""
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        raise WeightsError(f"text encoder folder {folder!r} has no config.json")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = clip_text_config_from_hf(json.load(f))
+    config = clip_text_config_from_hf(read_config_json(folder, "text encoder"))
     sd = load_state_dict(find_weights_file(folder, stem="model"))
     if config.projection_dim is None and "text_projection.weight" in sd:
         config = dataclasses.replace(config, projection_dim=sd["text_projection.weight"].shape[0])

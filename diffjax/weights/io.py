@@ -105,6 +105,16 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLike,
         raise
 
 
+def read_config_json(folder: str | os.PathLike, what: str) -> dict:
+    """A component folder's config.json, with a named error when it is missing."""
+    import json
+    path = os.path.join(os.fspath(folder), "config.json")
+    if not os.path.exists(path):
+        raise WeightsError(f"{what} folder {os.fspath(folder)!r} has no config.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def find_weights_file(folder: str | os.PathLike, stem: str = "diffusion_pytorch_model") -> str:
     """The weights file of a diffusers/transformers component folder, safetensors first."""
     folder = os.fspath(folder)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.models.unet import UNet2DConditionModel, UNetConfig
-from diffjax.weights.io import WeightsError, find_weights_file, load_state_dict, save_state_dict
+from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
+                                read_config_json, save_state_dict)
 from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
 
 _FIELDS = [f.name for f in dataclasses.fields(UNetConfig)
@@ -70,11 +71,7 @@ def unet_params_to_state_dict(params, config: UNetConfig) -> dict:
 
 
 def load_unet(folder: str, **overrides) -> tuple[UNetConfig, dict]:
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        raise WeightsError(f"UNet folder {folder!r} has no config.json")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = unet_config_from_diffusers(json.load(f), **overrides)
+    config = unet_config_from_diffusers(read_config_json(folder, "UNet"), **overrides)
     sd = load_state_dict(find_weights_file(folder))
     return config, unet_params_from_state_dict(sd, config, f"UNet in {folder}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -11,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.models.vae import AutoencoderKL, VAEConfig
-from diffjax.weights.io import WeightsError, find_weights_file, load_state_dict, save_state_dict
+from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
+                                read_config_json, save_state_dict)
 from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
 from diffjax.weights.unet import _write_json
 
@@ -70,11 +70,7 @@ def vae_params_from_state_dict(sd, config: VAEConfig, what="VAE checkpoint"):
 
 
 def load_vae(folder: str, **overrides) -> tuple[VAEConfig, dict]:
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        raise WeightsError(f"VAE folder {folder!r} has no config.json")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = vae_config_from_diffusers(json.load(f), **overrides)
+    config = vae_config_from_diffusers(read_config_json(folder, "VAE"), **overrides)
     sd = load_state_dict(find_weights_file(folder))
     return config, vae_params_from_state_dict(sd, config, f"VAE in {folder}")
 
