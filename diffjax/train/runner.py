@@ -49,6 +49,28 @@ def data_iterator(c, tokenize=None, caption_dropout: float = 0.0):
                                       process_count=jax.process_count()))
 
 
+def start_or_resume(c, workdir: str, state, it, replicated):
+    """Checkpoint manager for workdir; restore state and data position from its latest
+    checkpoint if any; write the resolved config.json. Returns (state, manager)."""
+    manager = checkpoint.make_manager(workdir, keep=c.train.keep_checkpoints)
+    if manager.latest_step() is not None:
+        state, data_state, _ = checkpoint.restore(manager, state)
+        state = jax.device_put(state, replicated)
+        it.set_state(data_state)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(plain(c), f, indent=1)
+    return state, manager
+
+
+def batch_maker(batch_spec: dict):
+    """Per-process numpy batches -> global arrays on the batch shardings."""
+    def make_batch(b):
+        return {k: jax.make_array_from_process_local_data(batch_spec[k], np.asarray(b[k]))
+                for k in batch_spec}
+    return make_batch
+
+
 def run_single_model(c, workdir: str, params, step: Callable, batch_ndims: dict[str, int],
                      tokenize=None, progress: bool = True) -> tuple[TrainState, list[dict]]:
     """Train `params` with `step(state, batch, key) -> (state, metrics)` under config `c`.
@@ -63,20 +85,9 @@ def run_single_model(c, workdir: str, params, step: Callable, batch_ndims: dict[
     jitted = jax.jit(step(tx), in_shardings=(repl, batch_spec, repl),
                      out_shardings=(repl, repl), donate_argnums=0)
     state = jax.device_put(create_train_state(params, tx), repl)
-    manager = checkpoint.make_manager(workdir, keep=c.train.keep_checkpoints)
     it = data_iterator(c, tokenize)
-    if manager.latest_step() is not None:
-        state, data_state, _ = checkpoint.restore(manager, state)
-        state = jax.device_put(state, repl)
-        it.set_state(data_state)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(plain(c), f, indent=1)
-
-    def make_batch(b):
-        return {k: jax.make_array_from_process_local_data(batch_spec[k], np.asarray(b[k]))
-                for k in batch_spec}
-
+    state, manager = start_or_resume(c, workdir, state, it, repl)
+    make_batch = batch_maker(batch_spec)
     with RunLogger(workdir, c.train.num_steps, int(state.step), progress=progress,
                    desc=c.trainer) as logger:
         return loop.train_loop(state, jitted, it, jax.random.key(c.seed),

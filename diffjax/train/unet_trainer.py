@@ -12,18 +12,17 @@ resume needs no extra RNG stream) times the VAE's scaling factor.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.diffusion import schedules
-from diffjax.train import checkpoint, loop
+from diffjax.train import loop
 from diffjax.train.logging import RunLogger
+from diffjax.train.runner import batch_maker, plain, start_or_resume
 from diffjax.train.state import OptimizerConfig, create_train_state, make_optimizer
 from diffjax.train.step import make_train_step
 
@@ -33,10 +32,6 @@ def _components(model: str, seed: int):
     if model in PRESET_MODELS:
         return preset_components(model, seed)
     return load_sd_folder(model)
-
-
-def _plain(config) -> dict:
-    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
 
 
 def train_and_evaluate(config, workdir: str):
@@ -76,7 +71,7 @@ def train_and_evaluate(config, workdir: str):
                                        sched["beta_start"], sched["beta_end"],
                                        sched.get("rescale_betas_zero_snr", False))
     scaling = comps.vae_config.scaling_factor
-    opt = OptimizerConfig(**_plain(c.optimizer))
+    opt = OptimizerConfig(**plain(c.optimizer))
     tx = make_optimizer(opt)
 
     def apply_fn(p, x, t, ctx):
@@ -105,19 +100,9 @@ def train_and_evaluate(config, workdir: str):
     def step_fn(s, b, k):
         return jitted(s, frozen, b, k)
 
-    def make_batch(b):
-        return {k: jax.make_array_from_process_local_data(batch_spec[k], np.asarray(b[k]))
-                for k in batch_spec}
-
-    manager = checkpoint.make_manager(workdir, keep=c.train.keep_checkpoints)
+    make_batch = batch_maker(batch_spec)
     it = batches()
-    if manager.latest_step() is not None:
-        state, data_state, _ = checkpoint.restore(manager, state)
-        state = jax.device_put(state, repl)
-        it.set_state(data_state)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(_plain(c), f, indent=1)
+    state, manager = start_or_resume(c, workdir, state, it, repl)
     # Scalars to metrics.jsonl (one line per step, appended across resumes) and TensorBoard
     # event files under workdir/tb; a sample grid PNG every train.sample_every steps.
     on_state = None
@@ -140,4 +125,4 @@ def train_and_evaluate(config, workdir: str):
         return loop.train_loop(state, step_fn, it, jax.random.key(c.seed),
                                num_steps=c.train.num_steps, make_batch=make_batch,
                                manager=manager, save_every=c.train.save_every,
-                               config=_plain(c), on_metrics=logger.log, on_state=on_state)
+                               config=plain(c), on_metrics=logger.log, on_state=on_state)
