@@ -148,6 +148,32 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
     assert torch.equal(a.text_embeds, b.text_embeds)
 
 
+def test_image_encoder_folder_round_trip_in_transformers(tmp_path):
+    """A transformers CLIPVisionModelWithProjection folder -> ours -> export -> transformers:
+    bit-equal outputs (float32 storage), and float16 storage loads back upcast to float32."""
+    from diffjax.weights.folder import upcast_half
+    torch.manual_seed(2)
+    hf_cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=4,
+                                           image_size=24, patch_size=6, projection_dim=16,
+                                           hidden_act="gelu")
+    ref = transformers.CLIPVisionModelWithProjection(hf_cfg).eval()
+    ref.save_pretrained(tmp_path / "src", safe_serialization=True)
+    config, params = wclip.load_vision_encoder(str(tmp_path / "src"))
+    assert (config.hidden_act, config.projection_dim, config.patch_size) == ("gelu", 16, 6)
+    wclip.export_vision_encoder(config, params, str(tmp_path / "out"))
+    back = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "out").eval()
+    px = torch.tensor(np.random.default_rng(0).normal(size=(2, 3, 24, 24)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(ref(px).image_embeds, back(px).image_embeds)
+    wclip.export_vision_encoder(config, params, str(tmp_path / "half"), dtype="float16")
+    _, half = wclip.load_vision_encoder(str(tmp_path / "half"))
+    half = upcast_half(half)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(half)):
+        assert b.dtype == np.float32
+        np.testing.assert_array_equal(b, np.asarray(a).astype(np.float16).astype(np.float32))
+
+
 def test_sharded_text_tower_equals_unsharded():
     from diffjax import sharding
     config = CLIPTextConfig(vocab_size=512, hidden_size=64, intermediate_size=128,

@@ -23,6 +23,10 @@ CLIP_TEXT_PRESETS: dict[str, CLIPTextConfig] = {
                           pad_token_id=1),
     "tiny": CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=4),
+    # diffjax-mini (trained on `shapes`, shipped): the real CLIP vocabulary, so most of its
+    # 3.3M params are the token embedding.
+    "mini": CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=256,
+                           num_hidden_layers=2, num_attention_heads=4, projection_dim=64),
 }
 
 CLIP_VISION_PRESETS: dict[str, CLIPVisionConfig] = {
@@ -32,6 +36,10 @@ CLIP_VISION_PRESETS: dict[str, CLIPVisionConfig] = {
     "tiny": CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, image_size=32, patch_size=8,
                              projection_dim=32),
+    # diffjax-mini's image tower (CLIP score / Frechet features on 32px `shapes`).
+    "mini": CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                             num_attention_heads=4, image_size=32, patch_size=4,
+                             projection_dim=64),
 }
 
 # ---------------------------------------------------------------------------------------
@@ -56,10 +64,21 @@ UNET_PRESETS: dict[str, UNetConfig] = {
                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                        layers_per_block=1, attention_head_dim=4, cross_attention_dim=32,
                        norm_num_groups=8),
+    # diffjax-mini: 8x8x4 latents (32px images through the f4 mini VAE); cross-attention at
+    # both levels. Sized for CPU training: 16x16 self-attention costs 3x the whole step.
+    "mini": UNetConfig(sample_size=8, block_out_channels=(64, 128),
+                       down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                       layers_per_block=1, attention_head_dim=4, cross_attention_dim=64,
+                       norm_num_groups=16),
 }
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "sd": VAEConfig(),  # the SD 1.x/2.x KL-f8 autoencoder, scaling_factor 0.18215
     "tiny": VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                      sample_size=32),
+    # diffjax-mini: KL-f4, 32x32x3 -> 8x8x4. scaling_factor here is a placeholder: the
+    # recipe sets it to 1/std of the trained encoder's latents (as LDM did for 0.18215).
+    "mini": VAEConfig(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
                       sample_size=32),
 }

@@ -53,3 +53,18 @@ def restore(manager: ocp.CheckpointManager, template: TrainState, step: int | No
     state = TrainState(step=jnp.asarray(step, jnp.int32), params=got["params"],
                        ema_params=got["ema_params"], opt_state=got["opt_state"])
     return state, dict(got["data"]), dict(got["config"])
+
+
+def load_trained_params(workdir: str, item: str = "ema_params", step: int | None = None):
+    """The `item` params ("params" | "ema_params") of a run's checkpoint, as numpy, with no
+    template: how a later stage (e.g. the mini UNet) takes a finished run's weights."""
+    import numpy as np
+    if item not in ("params", "ema_params"):
+        raise ValueError(f"item must be 'params' or 'ema_params', got {item!r}")
+    manager = make_manager(workdir)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+                                "has that run been trained?")
+    got = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))
+    return jax.tree.map(np.asarray, got[item]), step

@@ -27,13 +27,6 @@ from diffjax.train.state import OptimizerConfig, create_train_state, make_optimi
 from diffjax.train.step import make_train_step
 
 
-def _components(model: str, seed: int):
-    from diffjax.weights.folder import PRESET_MODELS, load_sd_folder, preset_components
-    if model in PRESET_MODELS:
-        return preset_components(model, seed)
-    return load_sd_folder(model)
-
-
 def train_and_evaluate(config, workdir: str):
     """Train config.train.num_steps UNet updates; resumes from workdir's latest checkpoint.
 
@@ -45,7 +38,8 @@ def train_and_evaluate(config, workdir: str):
     from diffjax.text import load_tokenizer
 
     c = config
-    comps = _components(c.model.name, c.seed)
+    from diffjax.convert import load_components
+    comps = load_components(c.model.name, seed=c.seed)
     text, unet, vae = (CLIPTextModel(comps.text_config), UNet2DConditionModel(comps.unet_config),
                        AutoencoderKL(comps.vae_config))
     mesh = sharding.make_mesh(tuple(c.mesh.shape))

@@ -40,12 +40,28 @@ def vae_loss(recon, x, mean, logvar, *, kl_weight: float, recon_loss: str = "l1"
     return rec + kl_weight * kl, {"recon": rec, "kl": kl}
 
 
-def make_vae_step(vae, *, kl_weight: float, recon_loss: str = "l1", ema_decay: float = 0.999):
-    """tx -> `step(state, {"image": [B,H,W,3] in [-1,1]}, key) -> (state, metrics)`."""
+# train.train_only -> the top-level VAE param groups that stay fixed.
+FROZEN_GROUPS = {"": (), "decoder": ("encoder", "quant_conv")}
+
+
+def make_vae_step(vae, *, kl_weight: float, recon_loss: str = "l1", ema_decay: float = 0.999,
+                  decode_from: str = "sample", frozen: tuple[str, ...] = ()):
+    """tx -> `step(state, {"image": [B,H,W,3] in [-1,1]}, key) -> (state, metrics)`.
+
+    decode_from: "sample" (LDM: the decoder sees a posterior sample) or "mean" (it sees
+    the posterior mean; the KL term still regularises the latent's scale). "mean" trains
+    a small VAE much faster: with "sample", a randomly initialised logvar near 0 buries
+    the code in unit noise until the encoder learns to shrink it.
+    frozen: top-level param groups kept exactly as they are (e.g. the encoder, so that a
+    decoder fine-tune keeps the latents a UNet was trained on, as sd-vae-ft-mse did).
+    """
+    if decode_from not in ("sample", "mean"):
+        raise ValueError(f"decode_from must be 'sample' or 'mean', got {decode_from!r}")
     def with_tx(tx: optax.GradientTransformation):
         def loss_fn(params, x, key):
             post = vae.apply({"params": params}, x, method=vae.encode)
-            recon = vae.apply({"params": params}, post.sample(key), method=vae.decode)
+            z = post.sample(key) if decode_from == "sample" else post.mean
+            recon = vae.apply({"params": params}, z, method=vae.decode)
             return vae_loss(recon, x, post.mean, post.logvar, kl_weight=kl_weight,
                             recon_loss=recon_loss)
 
@@ -55,6 +71,7 @@ def make_vae_step(vae, *, kl_weight: float, recon_loss: str = "l1", ema_decay: f
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, k)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            params = {**params, **{k: state.params[k] for k in frozen}}
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                                state.ema_params, params)
             new = TrainState(step=state.step + 1, params=params, ema_params=ema,
@@ -84,7 +101,18 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True):
                          f"{', '.join(presets.VAE_PRESETS)}")
     vcfg = dataclasses.replace(presets.VAE_PRESETS[c.model.name], sample_size=c.data.resolution)
     vae = AutoencoderKL(vcfg)
+    train_only = c.train.get("train_only", "")
+    if train_only not in FROZEN_GROUPS:
+        raise ValueError(f"train.train_only {train_only!r} is not one of "
+                         f"{', '.join(map(repr, FROZEN_GROUPS))}")
     step = make_vae_step(vae, kl_weight=c.train.kl_weight, recon_loss=c.train.recon_loss,
-                         ema_decay=c.train.ema_decay)
-    return runner.run_single_model(c, workdir, init_vae_params(vcfg, c.seed), step,
+                         decode_from=c.train.get("decode_from", "sample"),
+                         ema_decay=c.train.ema_decay, frozen=FROZEN_GROUPS[train_only])
+    init_from = c.model.get("init_from", "")
+    if init_from:  # fine-tune a finished run's EMA params (e.g. its decoder only)
+        from diffjax.train.checkpoint import load_trained_params
+        params, _ = load_trained_params(init_from)
+    else:
+        params = init_vae_params(vcfg, c.seed)
+    return runner.run_single_model(c, workdir, params, step,
                                    {"image": 4}, progress=progress)

@@ -147,12 +147,58 @@ def load_text_encoder(folder: str) -> tuple[CLIPTextConfig, dict]:
     return config, text_params_from_state_dict(sd, config, f"text encoder in {folder}")
 
 
-def export_text_encoder(config: CLIPTextConfig, params, folder: str) -> None:
-    """Write config.json + model.safetensors that transformers loads."""
+def export_text_encoder(config: CLIPTextConfig, params, folder: str,
+                        dtype: str = "float32") -> None:
+    """Write config.json + model.safetensors that transformers loads (`dtype`: storage)."""
     os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32) for k, v in text_params_to_state_dict(params, config).items()}
+    sd = {k: np.asarray(v, np.float32).astype(dtype)
+          for k, v in text_params_to_state_dict(params, config).items()}
     save_state_dict(sd, os.path.join(folder, "model.safetensors"))
     tmp = os.path.join(folder, "config.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(clip_text_config_to_hf(config), f, indent=2)
+    os.replace(tmp, os.path.join(folder, "config.json"))
+
+
+# ---------------------------------------------------------------- vision tower folders
+_VISION_KEYS = [f.name for f in dataclasses.fields(CLIPVisionConfig)
+                if f.name not in ("dtype", "attention_impl")]
+
+
+def clip_vision_config_from_hf(d: dict) -> CLIPVisionConfig:
+    """A transformers CLIPVisionConfig dict (or a CLIPConfig's vision_config) -> ours."""
+    d = d.get("vision_config", d)
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "image_size", "patch_size") if k not in d]
+    if missing:
+        raise WeightsError(f"CLIP vision config lacks {missing}")
+    return CLIPVisionConfig(**{k: d[k] for k in _VISION_KEYS if k in d})
+
+
+def load_vision_encoder(folder: str) -> tuple[CLIPVisionConfig, dict]:
+    """An `image_encoder/` folder (CLIPVisionModelWithProjection: config.json + weights)."""
+    config = clip_vision_config_from_hf(read_config_json(folder, "image encoder"))
+    sd = load_state_dict(find_weights_file(folder, stem="model"))
+    if "visual_projection.weight" not in sd:
+        config = dataclasses.replace(config, projection_dim=None)
+    return config, vision_params_from_state_dict(sd, config, f"image encoder in {folder}")
+
+
+def export_vision_encoder(config: CLIPVisionConfig, params, folder: str,
+                          dtype: str = "float32") -> None:
+    """config.json + model.safetensors that transformers' CLIPVisionModelWithProjection
+    loads (CLIPVisionModel when projection_dim is None)."""
+    os.makedirs(folder, exist_ok=True)
+    sd = {k: np.asarray(v, np.float32).astype(dtype)
+          for k, v in params_to_state_dict(params, vision_rows(config)).items()}
+    save_state_dict(sd, os.path.join(folder, "model.safetensors"))
+    d = {k: getattr(config, k) for k in _VISION_KEYS}
+    d.update(model_type="clip_vision_model", projection_dim=config.projection_dim or 768,
+             architectures=["CLIPVisionModelWithProjection" if config.projection_dim
+                            else "CLIPVisionModel"], torch_dtype="float32",
+             attention_dropout=0.0, dropout=0.0, initializer_factor=1.0,
+             initializer_range=0.02)
+    tmp = os.path.join(folder, "config.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(d, f, indent=2)
     os.replace(tmp, os.path.join(folder, "config.json"))

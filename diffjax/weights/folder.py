@@ -26,6 +26,8 @@ class Components:
     vae_params: dict
     tokenizer_dir: str | None          # None: the packaged CLIP vocabulary
     scheduler: dict                    # beta_schedule, beta_start, beta_end, ..., prediction_type
+    vision_config: object = None       # the CLIP image tower (`image_encoder/`), if the model
+    vision_params: dict | None = None  # has one: CLIP score / Frechet features (diffjax-mini)
 
 
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
@@ -39,6 +41,31 @@ PRESET_MODELS = {
     "sd21-base": ("sd2", "sd21-base", "sd", "epsilon"),
     "sd21-768": ("sd2", "sd21-768", "sd", "v_prediction"),
 }
+
+
+# Trained models that ship inside the package (diffjax/assets/<dir>), by name. Unlike the
+# presets above they are real weights: "mini" is trained by tools/mini_recipe.py.
+PACKAGED_MODELS = {"mini": "mini"}
+
+
+def packaged_model_dir(name: str) -> str:
+    """The folder of a packaged model; a named error if this install lacks its weights."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "assets", PACKAGED_MODELS[name])
+    if not os.path.exists(os.path.join(path, "model_index.json")):
+        raise WeightsError(f"packaged model {name!r} is not in this install ({path} has no "
+                           "model_index.json); train it with tools/mini_recipe.py")
+    return path
+
+
+def upcast_half(params):
+    """float16/bfloat16 leaves -> float32: params are float32 masters whatever the file
+    stores (the compute dtype is the pipeline's choice)."""
+    import jax
+    import numpy as np
+    return jax.tree.map(lambda a: a.astype(np.float32)
+                        if a.dtype.kind == "f" and a.dtype.itemsize < 4
+                        or str(a.dtype) == "bfloat16" else a, params)
 
 
 def random_params(abstract_params, seed: int) -> dict:
@@ -129,13 +156,23 @@ def load_sd_folder(path: str, dtype: str = "float32", attention: str = "xla") ->
     uc, up = load_unet(os.path.join(path, "unet"), dtype=dtype, attention_impl=attention)
     vc, vp = load_vae(os.path.join(path, "vae"), attention_impl=attention)
     tc = dataclasses.replace(tc, dtype=dtype, attention_impl=attention)
-    return Components(os.path.basename(os.path.normpath(path)), tc, tp, uc, up, vc, vp,
-                      os.path.join(path, "tokenizer"),
-                      load_scheduler_config(os.path.join(path, "scheduler")))
+    vision_config = vision_params = None
+    if os.path.isdir(os.path.join(path, "image_encoder")):
+        from diffjax.weights.clip import load_vision_encoder
+        vision_config, vision_params = load_vision_encoder(os.path.join(path, "image_encoder"))
+        vision_params = upcast_half(vision_params)
+    return Components(os.path.basename(os.path.normpath(path)), tc, upcast_half(tp), uc,
+                      upcast_half(up), vc, upcast_half(vp), os.path.join(path, "tokenizer"),
+                      load_scheduler_config(os.path.join(path, "scheduler")),
+                      vision_config, vision_params)
 
 
-def export_sd_folder(c: Components, path: str) -> None:
-    """Write a diffusers-format folder that `StableDiffusionPipeline.from_pretrained` reads."""
+def export_sd_folder(c: Components, path: str, dtype: str = "float32") -> None:
+    """Write a diffusers-format folder that `StableDiffusionPipeline.from_pretrained` reads.
+
+    dtype: the storage dtype of the weights ("float16" halves a shipped model's size).
+    The CLIP image tower, if `c` has one, goes to `image_encoder/`.
+    """
     import shutil
 
     from diffjax.text import default_tokenizer_dir
@@ -143,9 +180,16 @@ def export_sd_folder(c: Components, path: str) -> None:
     from diffjax.weights.unet import _write_json, export_unet
     from diffjax.weights.vae import export_vae
     os.makedirs(path, exist_ok=True)
-    export_text_encoder(c.text_config, c.text_params, os.path.join(path, "text_encoder"))
-    export_unet(c.unet_config, c.unet_params, os.path.join(path, "unet"))
-    export_vae(c.vae_config, c.vae_params, os.path.join(path, "vae"))
+    export_text_encoder(c.text_config, c.text_params, os.path.join(path, "text_encoder"),
+                        dtype)
+    export_unet(c.unet_config, c.unet_params, os.path.join(path, "unet"), dtype)
+    export_vae(c.vae_config, c.vae_params, os.path.join(path, "vae"), dtype)
+    extra = {}
+    if c.vision_config is not None:
+        from diffjax.weights.clip import export_vision_encoder
+        export_vision_encoder(c.vision_config, c.vision_params,
+                              os.path.join(path, "image_encoder"), dtype)
+        extra["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
     shutil.copytree(c.tokenizer_dir or default_tokenizer_dir(), os.path.join(path, "tokenizer"),
                     dirs_exist_ok=True)
     os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
@@ -160,4 +204,4 @@ def export_sd_folder(c: Components, path: str) -> None:
         "vae": ["diffusers", "AutoencoderKL"],
         "scheduler": ["diffusers", "PNDMScheduler"],
         "safety_checker": [None, None], "feature_extractor": [None, None],
-        "requires_safety_checker": False})
+        "requires_safety_checker": False, **extra})

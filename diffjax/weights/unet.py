@@ -76,10 +76,10 @@ def load_unet(folder: str, **overrides) -> tuple[UNetConfig, dict]:
     return config, unet_params_from_state_dict(sd, config, f"UNet in {folder}")
 
 
-def export_unet(config: UNetConfig, params, folder: str) -> None:
+def export_unet(config: UNetConfig, params, folder: str, dtype: str = "float32") -> None:
     """config.json + diffusion_pytorch_model.safetensors that diffusers loads."""
     os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32)
+    sd = {k: np.asarray(v, np.float32).astype(dtype)
           for k, v in unet_params_to_state_dict(params, config).items()}
     save_state_dict(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     _write_json(os.path.join(folder, "config.json"), unet_config_to_diffusers(config))

@@ -75,9 +75,9 @@ def load_vae(folder: str, **overrides) -> tuple[VAEConfig, dict]:
     return config, vae_params_from_state_dict(sd, config, f"VAE in {folder}")
 
 
-def export_vae(config: VAEConfig, params, folder: str) -> None:
+def export_vae(config: VAEConfig, params, folder: str, dtype: str = "float32") -> None:
     os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32)
+    sd = {k: np.asarray(v, np.float32).astype(dtype)
           for k, v in params_to_state_dict(params, vae_rows(config)).items()}
     save_state_dict(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
     _write_json(os.path.join(folder, "config.json"), vae_config_to_diffusers(config))

@@ -1,0 +1,265 @@
+"""diffjax-mini from scratch, in order: data -> clip -> vae -> assemble -> (unet and
+vae_decoder, in parallel) -> package -> evaluate. Each training stage resumes from its
+checkpoints when rerun.
+
+    python tools/mini_recipe.py all                 # the whole recipe (CPU: about 50 min)
+    python tools/mini_recipe.py evaluate            # prompt accuracy + CLIP ranking
+    python tools/mini_recipe.py STAGE [--runs runs/mini] [--seed 0] [--out DIR]
+
+Why a script and not one config: the three networks train in sequence, each frozen for
+the next (as Stable Diffusion's were), and two steps sit between trainings: `assemble`
+writes a diffusers-format folder with the trained CLIP text tower and VAE plus a fresh UNet
+(the UNet trainer's `model`), after measuring the VAE's latent scaling factor (1/std of
+its latents, as LDM chose 0.18215); while the UNet trains on the frozen encoder's latents,
+`vae_decoder` fine-tunes the decoder alone (configs/mini/vae_decoder.py); `package` writes
+the trained EMA UNet and decoder into the shipped folder (float16 storage, < 25 MB). Every training stage is a plain `diffjax train
+--config configs/mini/<stage>.py` run; their config.json files reproduce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("data", "clip", "vae", "assemble", "unet", "vae_decoder", "package", "evaluate")
+TRAIN_STAGES = ("clip", "vae", "unet", "vae_decoder")
+DATA_SIZES = {"train": 50000, "test": 1000, "holdout": 1000}
+SHIPPED = os.path.join(ROOT, "diffjax", "assets", "mini")
+# Pixels in [-1, 1], as every mini network was trained: mean = std = 0.5 on [0, 1].
+MINI_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def dataset_dir(data_root: str) -> str:
+    name = "r32-" + "-".join(f"{k}{v}" for k, v in DATA_SIZES.items())
+    return os.path.join(data_root, "shapes", name, "1.0.0")
+
+
+def stage_data(a) -> None:
+    from diffjax.data import builders
+    builders.build_shapes(a.data, 32, DATA_SIZES)
+
+
+def train_stage(a, name: str, **args) -> None:
+    """`diffjax train --config configs/mini/NAME.py:dataset=...,seed=...` in-process."""
+    from diffjax.commands.train import get_trainer
+    from diffjax.config import load_config
+    arg = ",".join(f"{k}={v}" for k, v in dict(dataset=dataset_dir(a.data), seed=a.seed,
+                                                **args).items())
+    config = load_config(os.path.join(ROOT, "configs", "mini", f"{name}.py") + ":" + arg, [])
+    t0 = time.time()
+    get_trainer(config)(config, os.path.join(a.runs, name))
+    _log_time(a, name, time.time() - t0)
+
+
+def _log_time(a, stage: str, seconds: float) -> None:
+    path = os.path.join(a.runs, "times.json")
+    times = json.load(open(path)) if os.path.exists(path) else {}
+    times[stage] = round(times.get(stage, 0.0) + seconds, 1)  # summed across resumes
+    with open(path + ".tmp", "w") as f:
+        json.dump(times, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def latent_scale(vae_config, vae_params, data: str, n: int = 2048) -> float:
+    """1 / std of the VAE posterior means over the first n training images."""
+    import jax
+
+    from diffjax.data import builders
+    from diffjax.models.vae import AutoencoderKL
+    src = builders.open_source(data, "train", None)
+    x = np.stack([np.asarray(src[i]["image"]) for i in range(n)]).astype(np.float32)
+    vae = AutoencoderKL(vae_config)
+    enc = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=AutoencoderKL.encode).mean)
+    z = np.concatenate([np.asarray(enc(vae_params, x[i:i + 256] / 127.5 - 1.0))
+                        for i in range(0, n, 256)])
+    return float(1.0 / z.std())
+
+
+def stage_assemble(a) -> None:
+    """runs/base: trained CLIP (text + image towers) and VAE, a seeded fresh mini UNet."""
+    from diffjax.metrics.clip_features import write_normalization
+    from diffjax.models import presets
+    from diffjax.train.checkpoint import load_trained_params
+    from diffjax.train.clip_trainer import clip_configs
+    from diffjax.weights.folder import SD_SCHEDULER, Components, export_sd_folder, random_params
+    from diffjax.weights.unet import abstract_unet_params
+    clip, clip_step = load_trained_params(os.path.join(a.runs, "clip"))
+    vae_p, vae_step = load_trained_params(os.path.join(a.runs, "vae"))
+    tc, vc = clip_configs("mini", "mini", 32)
+    vae_c = presets.VAE_PRESETS["mini"]
+    scale = latent_scale(vae_c, vae_p, dataset_dir(a.data))
+    vae_c = dataclasses.replace(vae_c, scaling_factor=round(scale, 5))
+    uc = presets.UNET_PRESETS["mini"]
+    up = random_params(abstract_unet_params(uc), a.seed + 1)
+    comps = Components("mini", tc, clip["text_model"], uc, up, vae_c, vae_p, None,
+                       dict(SD_SCHEDULER), vc, clip["vision_model"])
+    out = os.path.join(a.runs, "base")
+    export_sd_folder(comps, out)
+    write_normalization(out, *MINI_NORMALIZATION, 32)
+    print(f"assembled {out}: CLIP step {clip_step}, VAE step {vae_step}, "
+          f"latent scaling_factor {vae_c.scaling_factor}")
+
+
+def stage_package(a) -> None:
+    """The shipped folder: runs/base with the UNet's EMA params, float16 storage."""
+    import shutil
+
+    from diffjax.metrics.clip_features import write_normalization
+    from diffjax.train.checkpoint import load_trained_params
+    from diffjax.weights.folder import export_sd_folder, load_sd_folder
+    comps = load_sd_folder(os.path.join(a.runs, "base"))
+    comps.unet_params, unet_step = load_trained_params(os.path.join(a.runs, "unet"))
+    comps.vae_params, decoder_step = load_trained_params(os.path.join(a.runs, "vae_decoder"))
+    tmp = a.out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_sd_folder(comps, tmp, dtype="float16")
+    write_normalization(tmp, *MINI_NORMALIZATION, 32)
+    configs = {s: json.load(open(os.path.join(a.runs, s, "config.json")))
+               for s in TRAIN_STAGES}
+    times = json.load(open(os.path.join(a.runs, "times.json")))
+    with open(os.path.join(tmp, "diffjax_mini.json"), "w") as f:
+        json.dump({"what": "diffjax-mini: CLIP + KL-f4 VAE + UNet trained from scratch on "
+                           "`shapes` (32 px) by tools/mini_recipe.py",
+                   "seed": a.seed, "unet_step": unet_step, "vae_decoder_step": decoder_step,
+                   "dataset_sizes": DATA_SIZES,
+                   "date": datetime.date.today().isoformat(), "train_seconds": times,
+                   "configs": configs}, f, indent=1)
+    shutil.rmtree(a.out, ignore_errors=True)
+    os.replace(tmp, a.out)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(a.out) for f in fs)
+    print(f"packaged {a.out}: {size / 1e6:.1f} MB, UNet step {unet_step}, VAE decoder "
+          f"step {decoder_step}")
+
+
+def evaluate(model: str, n: int, seed_offset: int = 0, batch: int = 100) -> dict:
+    """Prompt accuracy (oracle) of `model` on the first n `test` (seen combinations) and
+    n `holdout` captions, the default sampler of configs/sample.py; the CLIP ranking."""
+    from diffjax.data import shapes as S
+    from diffjax.metrics import shapes_oracle
+    from diffjax.metrics.clip_features import CLIPFeatures
+    from diffjax.pipeline import load_pipeline
+    from diffjax.config import load_config
+    config = load_config(os.path.join(ROOT, "configs", "sample.py"), [])
+    config.batch_size = batch
+    pipe = load_pipeline(model, config)
+    result = {"model": model, "sampler": config.sampler.name, "steps": config.sampler.steps,
+              "guidance_scale": config.guidance_scale, "n_per_split": n}
+    for split in ("test", "holdout"):
+        ex = [S.example(split, i, 32) for i in range(n)]
+        captions = [e["caption"] for e in ex]
+        images = pipe(captions, [seed_offset + i for i in range(n)])
+        per = [shapes_oracle.check(im, c) for im, c in zip(images, captions)]
+        result[split] = {"prompt_accuracy": float(np.mean([p["all"] for p in per]))}
+        for k in shapes_oracle.ATTRIBUTES:
+            stated = [p[k] for p in per if k in p]
+            result[split][k] = float(np.mean(stated)) if stated else None
+        print(split, result[split], flush=True)
+    clip = CLIPFeatures.from_model(model)
+    result["clip_ranking"] = clip_ranking(clip, n)
+    return result
+
+
+def clip_ranking(clip, n: int) -> dict:
+    """Fraction of held-out renders whose CLIP score ranks their own caption above the
+    caption of another example that differs in shape or colour (pairs i, i+1)."""
+    from diffjax.data import shapes as S
+    ex = [S.example("holdout", i, 32) for i in range(n + 1)]
+    images = np.stack([e["image"] for e in ex[:n]])
+    own = [e["caption"] for e in ex[:n]]
+    other = []
+    for i in range(n):  # the next example that differs in shape or colour
+        j = i + 1
+        while (ex[j % len(ex)]["shape"], ex[j % len(ex)]["colour"]) == (ex[i]["shape"],
+                                                                        ex[i]["colour"]):
+            j += 1
+        other.append(ex[j % len(ex)]["caption"])
+    s_own, s_other = clip.clip_score(images, own), clip.clip_score(images, other)
+    return {"pairs": n, "own_above_mismatched": float(np.mean(s_own > s_other)),
+            "mean_score_own": float(s_own.mean()), "mean_score_mismatched":
+            float(s_other.mean())}
+
+
+# The README's grid: its first command's prompt, then seen and held-out combinations
+# (held out of training: shapes.HELDOUT_SHAPE_COLOUR / HELDOUT_SHAPE_POSITION).
+GRID_PROMPTS = (
+    "a red circle in the top left",
+    "a large blue square in the center on a white background",  # held out: (square, blue)
+    "a small green triangle in the lower right corner",
+    "a yellow star on the left on a black background",
+    "a large purple diamond at the bottom on a gray background",
+    "an orange cross at the top",
+    "a large green circle in the center",        # held out: (circle, green)
+    "a small red star in the middle on a white background",  # seen
+)
+
+
+def save_prompt_grid(model: str, path: str, seeds: int = 6) -> None:
+    """Rows = GRID_PROMPTS, columns = seeds 0..seeds-1, the default sample config."""
+    from diffjax.config import load_config
+    from diffjax.pipeline import load_pipeline
+    from diffjax.train.logging import save_grid
+    config = load_config(os.path.join(ROOT, "configs", "sample.py"), [])
+    config.batch_size = len(GRID_PROMPTS) * seeds
+    pipe = load_pipeline(model, config)
+    prompts = [p for p in GRID_PROMPTS for _ in range(seeds)]
+    images = pipe(prompts, list(range(seeds)) * len(GRID_PROMPTS))
+    save_grid(images, path, cols=seeds, scale=3)
+
+
+def stage_evaluate(a) -> None:
+    r = evaluate(a.model, a.n)
+    os.makedirs(a.runs, exist_ok=True)
+    name = os.path.basename(os.path.normpath(a.model))
+    with open(os.path.join(a.runs, f"evaluate_{name}.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    save_prompt_grid(a.model, os.path.join(a.runs, f"grid_{name}.png"))
+    print(json.dumps(r, indent=1))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=STAGES + ("all",))
+    p.add_argument("--runs", default="runs/mini", help="workdirs of the three trainings")
+    p.add_argument("--data", default="data", help="tfds data_dir for `shapes`")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    p.add_argument("--out", default=SHIPPED, help="package: where the model goes")
+    p.add_argument("--model", default="mini", help="evaluate: model name or folder")
+    p.add_argument("--n", type=int, default=500, help="evaluate: captions per split")
+    a = p.parse_args(argv)
+    if a.stage == "all":
+        for s in ("data", "clip", "vae", "assemble"):
+            run_stage(a, s)
+        # The UNet needs only the (now frozen) encoder: the decoder fine-tune runs beside it.
+        import subprocess
+        decoder = subprocess.Popen([sys.executable, __file__, "vae_decoder", "--runs", a.runs,
+                                    "--data", a.data, "--seed", str(a.seed)])
+        run_stage(a, "unet")
+        if decoder.wait():
+            raise RuntimeError(f"the vae_decoder stage failed (exit {decoder.returncode})")
+        for s in ("package", "evaluate"):
+            run_stage(a, s)
+    else:
+        run_stage(a, a.stage)
+    return 0
+
+
+def run_stage(a, s: str) -> None:
+    print(f"== {s}", flush=True)
+    if s in TRAIN_STAGES:  # the stages' inputs follow --runs
+        train_stage(a, s, **{"vae_decoder": {"init_from": os.path.join(a.runs, "vae")},
+                             "unet": {"model": os.path.join(a.runs, "base")}}.get(s, {}))
+    else:
+        {"data": stage_data, "assemble": stage_assemble, "package": stage_package,
+         "evaluate": stage_evaluate}[s](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
