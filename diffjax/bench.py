@@ -6,7 +6,11 @@ is a ratio of two measurements), of the VAE decode; compile time cold and from t
 persistent cache; FLOPs from XLA's cost analysis beside an analytic count (dot and conv
 FLOPs summed over the jaxpr); model FLOP utilisation against the device's peak (a table
 for accelerators, a matmul probe on CPU). `--vs diffusers` times diffusers' PyTorch UNet
-with the same weights, batch and precision in the same process, alternating with ours.
+with the same weights, batch and precision in the same process, call by call interleaved
+with ours (so load on the machine hits both alike). `startup = true` also measures what a
+user waits for: a fresh process building the first batch's sample executable with an
+empty persistent compilation cache (cold) and again with it filled (cached). Peak memory:
+the device's peak bytes in use where the backend reports it, and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -41,12 +45,78 @@ class BenchSpec:
     attention: typing.Literal["xla", "cudnn", "chunked"] = "xla"
     repeats: int = 3
     vs: typing.Literal["", "diffusers"] = ""
+    startup: bool = False                # fresh-process cold / cached compile times
 
     def __post_init__(self):
         check_range("steps", self.steps, lo=1)
         check_range("repeats", self.repeats, lo=1)
         for b in self.batch_sizes:
             check_range("batch_sizes[]", b, lo=1)
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall time of each blocking fn, timed in turn: a, b, a, b, ..."""
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def peak_memory() -> dict:
+    """Device peak bytes in use (None where the backend keeps no stats, e.g. CPU) and the
+    process's peak resident set (bytes)."""
+    import resource
+
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(device_peak_bytes=stats.get("peak_bytes_in_use"),
+                host_peak_rss_bytes=rss * (1 if platform.system() == "Darwin" else 1024))
+
+
+# What `startup` runs in a fresh interpreter: build the pipeline and its executable.
+_STARTUP_SCRIPT = """
+import sys, time
+t0 = time.perf_counter()
+from diffjax.convert import load_components
+from diffjax.pipeline import SampleSpec, TextToImage, enable_compilation_cache
+enable_compilation_cache(sys.argv[1])
+import jax
+comps = load_components(sys.argv[2], sys.argv[3], sys.argv[4])
+pipe = TextToImage(comps, SampleSpec(sampler=sys.argv[5], steps=int(sys.argv[6]),
+                   batch_size=int(sys.argv[7]), dtype=sys.argv[3], attention=sys.argv[4],
+                   mesh_shape=(1, 1, 1)), devices=jax.devices()[:1])
+t1 = time.perf_counter()
+pipe.compile_seconds()
+t2 = time.perf_counter()
+pipe(["a benchmark prompt"], [0])
+print(f"STARTUP {t1 - t0:.4f} {t2 - t1:.4f} {time.perf_counter() - t0:.4f}")
+"""
+
+
+def measure_startup(spec: "BenchSpec", batch: int) -> dict:
+    """Fresh-process times with an empty persistent cache, then with it filled: the load
+    (imports + weights + pipeline), the executable (compile or cache load), and the total
+    until the first image exists."""
+    import subprocess
+    import sys
+    import tempfile
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for name in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT, cache, spec.model,
+                                spec.dtype, spec.attention, spec.sampler, str(spec.steps),
+                                str(batch)], capture_output=True, text=True, check=False)
+            line = [ln for ln in r.stdout.splitlines() if ln.startswith("STARTUP ")]
+            if r.returncode or not line:
+                raise RuntimeError(f"startup measurement failed ({name}): {r.stderr[-2000:]}")
+            load, compile_s, total = map(float, line[0].split()[1:])
+            out.update({f"{name}_load_s": load, f"{name}_compile_s": compile_s,
+                        f"{name}_first_image_s": total})
+    return out
 
 
 def _time(fn, repeats: int) -> float:
@@ -118,11 +188,9 @@ def run_bench(spec: BenchSpec) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from diffjax.convert import load_components
     from diffjax.pipeline import SampleSpec, TextToImage
-    from diffjax.weights.folder import PRESET_MODELS, load_sd_folder, preset_components
-    comps = (preset_components(spec.model, 0, spec.dtype, spec.attention)
-             if spec.model in PRESET_MODELS else
-             load_sd_folder(spec.model, spec.dtype, spec.attention))
+    comps = load_components(spec.model, spec.dtype, spec.attention)
     peak, peak_source = device_peak(spec.dtype)
     rows = []
     for b in spec.batch_sizes:
@@ -147,8 +215,14 @@ def run_bench(spec: BenchSpec) -> dict:
         xla_flops = float((compiled_unet.cost_analysis() or {}).get("flops", float("nan")))
         analytic = jaxpr_flops(lambda p, x, t, c: unet.apply({"params": p}, x, t, c),
                                params, x, t, ctx)
-        unet_s = _time(lambda: compiled_unet(params, x, t, ctx).block_until_ready(),
-                       spec.repeats)
+        ours = lambda: compiled_unet(params, x, t, ctx).block_until_ready()  # noqa: E731
+        theirs = (_diffusers_unet(comps, params, x, t, ctx, spec) if spec.vs == "diffusers"
+                  else None)
+        if theirs is None:
+            unet_s = _time(ours, spec.repeats)
+        else:
+            times = _interleaved({"ours": ours, "theirs": theirs[0]}, spec.repeats)
+            unet_s = times["ours"]
         t0 = time.perf_counter()
         sample_compile = pipe.compile_seconds()
         prompts, seeds = ["a benchmark prompt"] * b, list(range(b))
@@ -162,11 +236,16 @@ def run_bench(spec: BenchSpec) -> dict:
                    images_per_s=b / sample_s, unet_flops_xla=xla_flops,
                    unet_flops_analytic=analytic,
                    mfu=(analytic / unet_s / peak) if peak else None)
-        if spec.vs == "diffusers":
-            row.update(_vs_diffusers(comps, params, x, t, ctx, unet_s, spec))
+        if theirs is not None:
+            row.update(diffusers_unet_call_s=times["theirs"],
+                       diffjax_over_diffusers=unet_s / times["theirs"],
+                       torch_threads=theirs[1])
+        row.update(peak_memory())
         rows.append(row)
+    startup = measure_startup(spec, spec.batch_sizes[0]) if spec.startup else None
     return dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
                 host=platform.node(), peak_flops=peak, peak_source=peak_source,
+                startup=startup,
                 spec=dataclasses.asdict(spec), date=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime()),
                 rows=rows)
@@ -184,8 +263,9 @@ def _decode_time(pipe, b, lh, lw, repeats) -> float:
     return _time(lambda: f(pipe.params["vae"], z).block_until_ready(), repeats)
 
 
-def _vs_diffusers(comps, params, x, t, ctx, ours_s, spec) -> dict:
-    """diffusers' UNet2DConditionModel, same weights/batch/precision, timed alternately."""
+def _diffusers_unet(comps, params, x, t, ctx, spec):
+    """(blocking call of diffusers' UNet2DConditionModel on the same weights, batch and
+    precision, torch's thread count); warmed up once."""
     import diffusers
     import torch
 
@@ -200,17 +280,18 @@ def _vs_diffusers(comps, params, x, t, ctx, ours_s, spec) -> dict:
     tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(dt)
     tt = torch.from_numpy(np.asarray(t))
     tc = torch.from_numpy(np.asarray(ctx)).to(dt)
-    with torch.inference_mode():
-        ref(tx, tt, tc)
-        theirs = _time(lambda: ref(tx, tt, tc), spec.repeats)
-    return dict(diffusers_unet_call_s=theirs, diffjax_over_diffusers=ours_s / theirs,
-                torch_threads=torch.get_num_threads())
+    def call():
+        with torch.inference_mode():
+            ref(tx, tt, tc)
+    call()
+    return call, torch.get_num_threads()
 
 
 def markdown(result: dict) -> str:
     cols = ["batch", "unet_call_s", "sample_s", "vae_decode_s", "nfe", "loop_overhead",
             "images_per_s", "unet_compile_s", "sample_compile_s", "unet_flops_analytic",
-            "unet_flops_xla", "mfu", "diffusers_unet_call_s", "diffjax_over_diffusers"]
+            "unet_flops_xla", "mfu", "diffusers_unet_call_s", "diffjax_over_diffusers",
+            "host_peak_rss_bytes", "device_peak_bytes"]
     cols = [c for c in cols if any(c in r for r in result["rows"])]
     fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa
     lines = [f"# diffjax bench — {result['spec']['model']} on {result['device']} "
@@ -219,6 +300,10 @@ def markdown(result: dict) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    if result.get("startup"):
+        lines += ["", "Fresh process, batch " + str(result["spec"]["batch_sizes"][0])
+                  + " (seconds): " + ", ".join(f"{k} {fmt(v)}"
+                                               for k, v in result["startup"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -9,14 +9,20 @@ Models (config.model.kind):
               class-conditional: seed i is assigned component i % K, the conditional
               denoiser is that component's posterior mean, and the guided denoiser is
               D_u + w (D_c - D_u) (w = 0: unconditional, w = 1: conditional).
-  "pipeline"  any model `diffjax.convert.load_components` takes (preset, diffusers folder,
-              diffjax checkpoint), sampled through `TextToImage(..., output="latents")` on
-              config.prompts; metric rmse.
+  "pipeline"  any model `diffjax.convert.load_components` takes ("mini", preset, diffusers
+              folder, diffjax checkpoint), sampled through `TextToImage(...,
+              output="latents")` on config.prompts ('|'-separated, cycled over the seeds,
+              or "shapes:<split>": seed i gets the caption of example i of that split).
 
 Metrics (config.metrics): rmse (convergence error against a fine deterministic reference
-solve from the same initial noise, `diffjax.metrics.convergence`) and frechet (Fréchet
-distance of the samples' Gaussian fit to the exact target moments, gmm only; for pipeline
-models it needs a CLIP vision tower folder, config.feature_extractor). NFE, compile time
+solve from the same initial noise, `diffjax.metrics.convergence`); frechet (gmm: Fréchet
+distance of the samples' Gaussian fit to the exact target moments; pipeline: between the
+CLIP image features of the samples and of config.real_images, "shapes:<split>" renders or
+a folder of images); clip_score (pipeline: mean 100 max(cos, 0) of image and prompt);
+prompt_accuracy (pipeline, `shapes` prompts: the oracle reads back every attribute the
+prompt states). The CLIP is config.feature_extractor: "mini" (the shipped model's) or a
+folder with text_encoder/ and image_encoder/. Pipeline studies also write image grids
+(rows: samplers, columns: steps) for the first config.grid_prompts seeds. NFE, compile time
 and wall time per sample are kept apart in results.json/csv; the Markdown table holds only
 deterministic numbers, so a rerun from the saved config.json reproduces it exactly.
 
@@ -42,8 +48,14 @@ import numpy as np
 
 METRICS = {
     "rmse": "RMSE of final latents vs the reference solve (same initial noise)",
-    "frechet": "Fréchet distance of the samples' Gaussian fit to the exact target moments",
+    "frechet": "Fréchet distance to the target (gmm: exact moments; pipeline: real images' "
+               "CLIP features)",
+    "clip_score": "mean CLIP score 100 max(cos(image, prompt), 0) (pipeline)",
+    "prompt_accuracy": "fraction of images whose every prompt-stated attribute the `shapes` "
+                       "oracle reads back (pipeline, shapes prompts)",
 }
+PIPELINE_ONLY = ("clip_score", "prompt_accuracy")
+IMAGE_METRICS = ("frechet", "clip_score", "prompt_accuracy")  # pipeline: on decoded images
 MODEL_KINDS = ("gmm", "pipeline")
 CONTINUOUS = ("karras", "exponential", "polyexponential")  # take sigma_min
 
@@ -128,10 +140,11 @@ def make_plan(config) -> Plan:
         raise CompareError(f"seeds must be >= 2 (samples per cell), got {config.seeds}")
     if config.dtype not in ("float32", "float64"):
         raise CompareError(f"dtype must be 'float32' or 'float64', got {config.dtype!r}")
-    if kind == "pipeline" and "frechet" in metrics:
-        frechet.check_feature_folder(config.feature_extractor)
-        raise CompareError("metrics: frechet on pipeline models is not implemented yet "
-                           "(CLIP vision features); use rmse")
+    if kind == "gmm" and set(metrics) & set(PIPELINE_ONLY):
+        raise CompareError(f"metrics: {sorted(set(metrics) & set(PIPELINE_ONLY))} need a "
+                           "pipeline model (images and prompts); the gmm has neither")
+    if kind == "pipeline":
+        _check_pipeline_inputs(config, metrics)
     ref = config.reference
     if ref.sampler not in SAMPLERS:
         raise CompareError(f"reference.sampler: unknown sampler {ref.sampler!r}")
@@ -156,6 +169,76 @@ def make_plan(config) -> Plan:
             make_sigmas(sch, n, _sd_train_sigmas())
     return Plan(cells, metrics, guidances, np.arange(config.seeds, dtype=np.uint32),
                 ref_info.nfe(ref.steps))
+
+
+def _check_feature_extractor(name: str, need_text: bool) -> None:
+    """"mini" (packaged) or a folder with image_encoder/ (and text_encoder/ for CLIP score)."""
+    from diffjax.metrics import frechet
+    from diffjax.weights.folder import PACKAGED_MODELS
+    if name in PACKAGED_MODELS and not os.path.exists(name):
+        return
+    frechet.check_feature_folder(name)
+    for sub in ("image_encoder",) + (("text_encoder",) if need_text else ()):
+        if not os.path.isdir(os.path.join(name, sub)):
+            raise FileNotFoundError(f"feature_extractor {name!r} has no {sub}/ (a CLIP folder "
+                                    "needs image_encoder/ and, for clip_score, text_encoder/)")
+
+
+def study_prompts(spec: str, n: int) -> list[str]:
+    """n prompts: "shapes:<split>" -> captions of examples 0..n-1; else '|'-separated,
+    cycled."""
+    if spec.startswith("shapes:"):
+        from diffjax.data import shapes as S
+        split = spec.split(":", 1)[1]
+        if split not in S.SPLITS:
+            raise CompareError(f"prompts {spec!r}: unknown shapes split {split!r}; valid: "
+                               f"{', '.join(S.SPLITS)}")
+        return [S.example(split, i, 32)["caption"] for i in range(n)]
+    prompts = [p.strip() for p in spec.split("|") if p.strip()]
+    if not prompts:
+        raise CompareError("prompts is empty; give '|'-separated prompts or shapes:<split>")
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def real_images(spec: str, n: int) -> np.ndarray:
+    """The real images frechet compares with: "shapes:<split>" renders of examples 0..n-1,
+    or every image in a folder (uint8 [N, H, W, 3])."""
+    if spec.startswith("shapes:"):
+        from diffjax.data import shapes as S
+        split = spec.split(":", 1)[1]
+        if split not in S.SPLITS:
+            raise CompareError(f"real_images {spec!r}: unknown shapes split {split!r}")
+        return np.stack([S.example(split, i, 32)["image"] for i in range(n)])
+    from PIL import Image
+    files = sorted(f for f in os.listdir(spec)
+                   if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+    return np.stack([np.asarray(Image.open(os.path.join(spec, f)).convert("RGB"))
+                     for f in files])
+
+
+def _check_pipeline_inputs(config, metrics) -> None:
+    """Named errors for the pipeline-only inputs, before anything is loaded or sampled."""
+    from diffjax.data import shapes as S
+    if set(metrics) & {"frechet", "clip_score"}:
+        _check_feature_extractor(config.get("feature_extractor", ""),
+                                 need_text="clip_score" in metrics)
+    if "frechet" in metrics:
+        spec = config.get("real_images", "")
+        if not spec:
+            raise CompareError("metrics: frechet on a pipeline model needs real_images "
+                               "(shapes:<split> or a folder of images)")
+        if not spec.startswith("shapes:") and not os.path.isdir(spec):
+            raise FileNotFoundError(f"real_images folder {spec!r} does not exist")
+    prompts = study_prompts(config.prompts, config.seeds)
+    if "prompt_accuracy" in metrics:
+        for p in dict.fromkeys(prompts):
+            try:
+                stated = S.parse_caption(p)
+            except ValueError as e:
+                raise CompareError(f"prompt_accuracy: prompt {p!r}: {e}") from None
+            if stated["shape"] is None and stated["colour"] is None:
+                raise CompareError(f"prompt_accuracy needs `shapes` prompts (naming a shape "
+                                   f"or colour); {p!r} states neither")
 
 
 def _sd_train_sigmas():
@@ -231,11 +314,23 @@ class PipelineModel:
         self.config = config
         self.components = load_components(config.model.path, "float32", "xla",
                                           config.model.seed)
-        prompts = [p.strip() for p in config.prompts.split("|") if p.strip()]
-        if not prompts:
-            raise CompareError("prompts is empty; give '|'-separated prompts")
-        self.prompts = [prompts[i % len(prompts)] for i in range(len(seeds))]
+        self.prompts = study_prompts(config.prompts, len(seeds))
         self.seeds = [int(s) for s in seeds]
+        self._decode = None
+
+    def decode(self, latents) -> np.ndarray:
+        """Final latents -> uint8 images, with the pipeline's VAE (jitted once)."""
+        import jax
+        import jax.numpy as jnp
+
+        from diffjax.models.vae import AutoencoderKL
+        c = self.components
+        if self._decode is None:
+            vae = AutoencoderKL(c.vae_config)
+            self._decode = jax.jit(lambda p, z: jnp.clip(jnp.rint(
+                (vae.apply({"params": p}, z / c.vae_config.scaling_factor,
+                           method=AutoencoderKL.decode) + 1.0) * 127.5), 0, 255))
+        return np.asarray(self._decode(c.vae_params, jnp.asarray(latents))).astype(np.uint8)
 
     def run(self, sampler, schedule, steps, guidance, sigma_min=0.0):
         from diffjax.pipeline import SampleSpec, TextToImage
@@ -311,6 +406,8 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
                                                  ref.steps // 2, g, ref.sigma_min)[0])
             references[g] = np.load(path)
             ref_errors[g] = convergence.rmse(np.load(half), references[g])
+        scorer = (ImageScorer(config, model, plan.metrics)
+                  if config.model.kind == "pipeline" else None)
         todo = [c for c in plan.cells
                 if not os.path.exists(os.path.join(out, "cells", c.key + ".json"))]
         bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), unit="cell",
@@ -323,15 +420,19 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
                        compile_s=compile_s, seconds_per_sample=run_s / len(plan.seeds))
             if "rmse" in plan.metrics:
                 row["rmse"] = convergence.rmse(x, references[cell.guidance])
-            if "frechet" in plan.metrics:
+            if scorer is not None:
+                row.update(scorer.score(x, os.path.join(out, "cells", cell.key + ".npy")))
+            elif "frechet" in plan.metrics:
                 row["frechet"] = frechet.frechet_to_mixture(x, *model.target(cell.guidance))
             _atomic_write(os.path.join(out, "cells", cell.key + ".json"), json.dumps(row))
             bar.set_postfix_str(cell.key)
             bar.update(1)
         bar.close()
         ref_rows = {}
-        if "frechet" in plan.metrics:
-            for g in plan.guidances:
+        for g in plan.guidances:
+            if scorer is not None and "frechet" in plan.metrics:
+                ref_rows[g] = scorer.score(references[g])["frechet"]
+            elif "frechet" in plan.metrics:
                 ref_rows[g] = frechet.frechet_to_mixture(references[g], *model.target(g))
     rows = []
     for cell in plan.cells:
@@ -344,7 +445,75 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
                                   frechet={f"{g:g}": e for g, e in ref_rows.items()}),
                    slopes=fit_slopes(rows, config.fit_last) if "rmse" in plan.metrics else [])
     write_outputs(out, config, plan, rows, summary)
+    if config.model.kind == "pipeline" and config.get("grid_prompts", 0):
+        write_image_grids(out, plan, rows, config.grid_prompts)
     return rows
+
+
+class ImageScorer:
+    """The image metrics of a pipeline study: decode a cell's latents, score the images.
+
+    The CLIP (config.feature_extractor) and the real images' features are loaded once.
+    """
+
+    def __init__(self, config, model, metrics):
+        self.model, self.metrics = model, metrics
+        self.grid_prompts = config.get("grid_prompts", 0)
+        self.clip = None
+        if set(metrics) & {"frechet", "clip_score"}:
+            from diffjax.metrics.clip_features import CLIPFeatures
+            self.clip = CLIPFeatures.from_model(config.feature_extractor)
+        if "frechet" in metrics:
+            from diffjax.metrics import frechet
+            real = real_images(config.real_images, len(model.seeds))
+            self.real_stats = frechet.gaussian_stats(self.clip.frechet_features(real))
+
+    def score(self, latents, grid_path: str | None = None) -> dict:
+        """{metric: value} for the images of `latents`; saves the first grid_prompts images
+        (uint8) to grid_path for the image grids."""
+        from diffjax.metrics import frechet, shapes_oracle
+        if not (set(self.metrics) & set(IMAGE_METRICS) or (grid_path and self.grid_prompts)):
+            return {}
+        images = self.model.decode(latents)
+        if grid_path and self.grid_prompts:
+            _atomic_save_npy(grid_path, images[:self.grid_prompts])
+        row = {}
+        if "frechet" in self.metrics:
+            row["frechet"] = frechet.frechet_distance(
+                *frechet.gaussian_stats(self.clip.frechet_features(images)), *self.real_stats)
+        if "clip_score" in self.metrics:
+            row["clip_score"] = float(np.mean(self.clip.clip_score(images, self.model.prompts)))
+        if "prompt_accuracy" in self.metrics:
+            row["prompt_accuracy"] = shapes_oracle.prompt_accuracy(images, self.model.prompts)
+        return row
+
+
+def write_image_grids(out: str, plan, rows, n_prompts: int) -> list[str]:
+    """Per (schedule, guidance) and seed i < n_prompts: a PNG grid of that seed's image,
+    rows = samplers, columns = step counts (grid_<schedule>_g<guidance>_seed<i>.png)."""
+    from diffjax.train.logging import save_grid
+    paths = []
+    steps = sorted({r["steps"] for r in rows})
+    for (schedule, guidance), by_sampler in _groups(rows).items():
+        stacks = {}
+        for sampler, rs in by_sampler.items():
+            by_steps = {r["steps"]: r for r in rs}
+            for n in steps:
+                key = Cell(sampler, schedule, guidance, n, 0).key
+                stacks[(sampler, n)] = (np.load(os.path.join(out, "cells", key + ".npy"))
+                                        if n in by_steps else None)
+        for i in range(n_prompts):
+            tiles = []
+            for sampler in by_sampler:
+                for n in steps:
+                    a = stacks[(sampler, n)]
+                    tiles.append(a[i] if a is not None and i < len(a) else
+                                 np.zeros_like(next(v for v in stacks.values()
+                                                    if v is not None)[0]))
+            path = os.path.join(out, f"grid_{schedule}_g{guidance:g}_seed{i}.png")
+            save_grid(np.stack(tiles), path, cols=len(steps), scale=3)
+            paths.append(path)
+    return paths
 
 
 # ----------------------------------------------------------------------------------------

@@ -23,5 +23,12 @@ def test_bench_tiny_report(tmp_path):
     # analytic dot+conv FLOPs vs XLA's count of the same program: XLA adds elementwise ops
     assert 0.9 < row["unet_flops_xla"] / row["unet_flops_analytic"] < 1.1
     assert np.isfinite(row["loop_overhead"]) and row["mfu"] > 0
+    assert row["host_peak_rss_bytes"] > 0 and row["device_peak_bytes"] is None  # CPU: no stats
+    # Two fresh processes, an empty then a filled persistent cache: the fields are there and
+    # the filled cache serves the executable (loading it is far cheaper than compiling).
+    s = result["startup"]
+    for name in ("cold", "cached"):
+        assert s[f"{name}_first_image_s"] >= s[f"{name}_load_s"] + s[f"{name}_compile_s"] > 0
+    assert s["cached_compile_s"] < s["cold_compile_s"]
     assert "| batch |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "config.json").exists()

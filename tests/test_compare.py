@@ -83,6 +83,13 @@ def test_rmse_and_slope():
     ({"model.kind": "pipeline", "model.path": "tiny"}, "feature extractor folder"),
     ({"model.kind": "pipeline", "feature_extractor": "/nonexistent/clip"},
      "'/nonexistent/clip' does not exist"),
+    (dict(metrics="rmse,clip_score"), r"\['clip_score'\] need a pipeline model"),
+    ({"model.kind": "pipeline", "feature_extractor": "mini", "metrics": "frechet"},
+     "frechet on a pipeline model needs real_images"),
+    ({"model.kind": "pipeline", "metrics": "prompt_accuracy", "prompts": "a photo of a cat"},
+     "'a photo of a cat' states neither"),
+    ({"model.kind": "pipeline", "metrics": "rmse", "prompts": "shapes:trian"},
+     "unknown shapes split 'trian'"),
 ])
 def test_bad_grid_is_named_before_compute(tmp_path, over, match):
     out = str(tmp_path / "study")

@@ -16,4 +16,5 @@ def get_config(arg=None):
                   attention="xla")
     return ml_collections.ConfigDict(dict(
         model="sd15", height=512, width=512, dtype=a.dtype, batch_sizes=(a.batch,),
-        steps=a.steps, sampler="euler", attention=a.attention, repeats=a.repeats, vs=a.vs))
+        steps=a.steps, sampler="euler", attention=a.attention, repeats=a.repeats, vs=a.vs,
+        startup=False))
