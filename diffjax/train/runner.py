@@ -49,17 +49,21 @@ def data_iterator(c, tokenize=None, caption_dropout: float = 0.0):
                                       process_count=jax.process_count()))
 
 
-def start_or_resume(c, workdir: str, state, it, replicated):
+def start_or_resume(c, workdir: str, state, it, shardings):
     """Checkpoint manager for workdir; restore state and data position from its latest
-    checkpoint if any; write the resolved config.json. Returns (state, manager)."""
+    checkpoint if any; write the resolved config.json (atomically, with the diffjax
+    version: `diffjax train --config WORKDIR/config.json` reruns it). Returns (state,
+    manager)."""
     manager = checkpoint.make_manager(workdir, keep=c.train.keep_checkpoints)
     if manager.latest_step() is not None:
         state, data_state, _ = checkpoint.restore(manager, state)
-        state = jax.device_put(state, replicated)
+        state = jax.device_put(state, shardings)  # one sharding or a TrainState of them
         it.set_state(data_state)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(plain(c), f, indent=1)
+    import ml_collections
+
+    from diffjax.config import save_config
+    save_config(c if isinstance(c, ml_collections.ConfigDict) else ml_collections.ConfigDict(c),
+                workdir)
     return state, manager
 
 

@@ -6,8 +6,11 @@ Why this shape: the same three-part model as Stable Diffusion, the same code pat
 frozen parts come from a preset (random init: smoke tests) or a diffusers-format folder
 (e.g. the trained mini VAE + CLIP). The frozen params are an argument of the jitted step,
 not constants baked into it. Params are replicated over the mesh (the tiny/mini models
-fit anywhere; sharding SD-size params by logical axes is future work). Latents are the VAE posterior's mean (deterministic: exact
-resume needs no extra RNG stream) times the VAE's scaling factor.
+The UNet's params, EMA and Adam moments are sharded by their logical axes over the config's
+mesh (`sharding.param_shardings`: fsdp/tensor axes, what does not divide is replicated),
+so an SD-size UNet trains FSDP-style; the frozen CLIP/VAE are replicated. Latents are the
+VAE posterior's mean (deterministic: exact resume needs no extra RNG stream) times the
+VAE's scaling factor.
 """
 
 from __future__ import annotations
@@ -23,8 +26,25 @@ from diffjax.diffusion import schedules
 from diffjax.train import loop
 from diffjax.train.logging import RunLogger
 from diffjax.train.runner import batch_maker, plain, start_or_resume
-from diffjax.train.state import OptimizerConfig, create_train_state, make_optimizer
+from diffjax.train.state import (OptimizerConfig, TrainState, create_train_state,
+                                 make_optimizer)
 from diffjax.train.step import make_train_step
+
+
+def unet_state_shardings(unet, comps, tx, state, mesh) -> TrainState:
+    """Shardings of the TrainState: params and EMA by the UNet's logical axes, the Adam
+    moments like the params they belong to, counters replicated."""
+    import optax
+    cfg = comps.unet_config
+    s = cfg.sample_size
+    boxed = jax.eval_shape(lambda: unet.init(
+        jax.random.key(0), jnp.zeros((1, s, s, cfg.in_channels)), jnp.zeros((1,)),
+        jnp.zeros((1, 1, cfg.cross_attention_dim))))["params"]
+    ps = sharding.param_shardings(boxed, mesh)
+    repl = sharding.replicated(mesh)
+    opt = optax.tree_map_params(tx, lambda _, sh: sh, state.opt_state, ps,
+                                transform_non_params=lambda _: repl)
+    return TrainState(step=repl, params=ps, ema_params=ps, opt_state=opt)
 
 
 def train_and_evaluate(config, workdir: str):
@@ -85,18 +105,20 @@ def train_and_evaluate(config, workdir: str):
     frozen = {"text": comps.text_params, "vae": comps.vae_params}
     state = create_train_state(comps.unet_params, tx)
     repl = sharding.replicated(mesh)
+    state_shardings = unet_state_shardings(unet, comps, tx, state, mesh)
     batch_spec = {"image": sharding.batch_sharding(mesh, 4),
                   "ids": sharding.batch_sharding(mesh, 2)}
-    jitted = jax.jit(full_step, in_shardings=(repl, repl, batch_spec, repl),
-                     out_shardings=(repl, repl), donate_argnums=0)
-    state, frozen = jax.device_put(state, repl), jax.device_put(frozen, repl)
+    jitted = jax.jit(full_step, in_shardings=(state_shardings, repl, batch_spec, repl),
+                     out_shardings=(state_shardings, repl), donate_argnums=0)
+    state = jax.device_put(state, state_shardings)
+    frozen = jax.device_put(frozen, repl)
 
     def step_fn(s, b, k):
         return jitted(s, frozen, b, k)
 
     make_batch = batch_maker(batch_spec)
     it = batches()
-    state, manager = start_or_resume(c, workdir, state, it, repl)
+    state, manager = start_or_resume(c, workdir, state, it, state_shardings)
     # Scalars to metrics.jsonl (one line per step, appended across resumes) and TensorBoard
     # event files under workdir/tb; a sample grid PNG every train.sample_every steps.
     on_state = None
