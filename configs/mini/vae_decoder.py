@@ -5,8 +5,10 @@
 Why: the UNet depends only on the encoder (its latents), so the encoder is frozen at the
 end of stage 2 and the decoder keeps learning (sharper stars and crosses) in parallel with
 stage 3 -- what Stability's sd-vae-ft-mse did for SD. Two processes on 2 cores also get
-~1.4x the throughput of one. The shipped VAE is this run's EMA params.
-Arg keys: init_from (the stage-2 workdir), dataset, steps, batch, seed.
+~1.4x the throughput of one. It ran in two rounds (tools/mini_recipe.py: vae_decoder,
+then vae_decoder_2 = this file with init_from=runs/mini/vae_decoder,steps=3000); the shipped
+VAE is the second round's EMA params.
+Arg keys: init_from (the workdir to start from), dataset, steps, batch, seed.
 """
 
 import ml_collections
