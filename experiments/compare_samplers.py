@@ -111,7 +111,7 @@ def make_plan(config) -> Plan:
     ReferenceSolveError naming the problem before any model is built or sampled."""
     from diffjax.diffusion.samplers import SAMPLERS
     from diffjax.diffusion.schedules import SCHEDULES
-    from diffjax.metrics import convergence, frechet
+    from diffjax.metrics import convergence
 
     kind = config.model.kind
     if kind not in MODEL_KINDS:
@@ -227,8 +227,12 @@ def _check_pipeline_inputs(config, metrics) -> None:
         if not spec:
             raise CompareError("metrics: frechet on a pipeline model needs real_images "
                                "(shapes:<split> or a folder of images)")
-        if not spec.startswith("shapes:") and not os.path.isdir(spec):
-            raise FileNotFoundError(f"real_images folder {spec!r} does not exist")
+        if not spec.startswith("shapes:"):
+            if not os.path.isdir(spec):
+                raise FileNotFoundError(f"real_images folder {spec!r} does not exist")
+            if not any(f.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
+                       for f in os.listdir(spec)):
+                raise CompareError(f"real_images folder {spec!r} holds no .png/.jpg/.webp")
     prompts = study_prompts(config.prompts, config.seeds)
     if "prompt_accuracy" in metrics:
         for p in dict.fromkeys(prompts):

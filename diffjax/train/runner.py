@@ -8,7 +8,6 @@ plumbing (sharded batches, resume, logging) lives here once.
 from __future__ import annotations
 
 import json
-import os
 from typing import Callable
 
 import jax
