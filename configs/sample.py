@@ -14,7 +14,7 @@ from diffjax.config import parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, model="tiny", sampler="dpmpp_2m", steps=20, guidance_scale=5.0,
+    a = parse_arg(arg, model="mini", sampler="dpmpp_2m", steps=20, guidance_scale=5.0,
                   size=0, batch_size=8)
     c = ml_collections.ConfigDict()
     # The job: what to draw. --prompt / --prompt-file / --seeds / --out set these.
@@ -23,7 +23,8 @@ def get_config(arg=None):
     c.seeds = "0:4"                 # 'start:stop', 'n' or 'a,b,c' (per prompt, unless the file says)
     c.negative_prompt = ""
     c.out = ""                      # output directory (local path or gs://...)
-    # The model: a preset name ("tiny", ...), a diffusers-format folder or a diffjax checkpoint.
+    # The model: "mini" (trained, shipped in the package: tools/mini_recipe.py), a random-
+    # weight preset ("tiny", "sd15", ...), a diffusers-format folder or a diffjax checkpoint.
     c.model = a.model
     c.sampler = ml_collections.ConfigDict(dict(
         name=a.sampler,

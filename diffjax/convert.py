@@ -207,9 +207,15 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
 # ------------------------------------------------------------------------ any source
 def load_components(source: str, dtype: str = "float32", attention: str = "xla",
                     seed: int = 0):
-    """A model from a preset name (random weights, `seed`), a diffusers-format folder, or a
-    diffjax checkpoint; errors name what `source` was expected to be."""
-    from diffjax.weights.folder import PRESET_MODELS, load_sd_folder, preset_components
+    """A model from a packaged model's name ("mini": trained weights), a preset name (random
+    weights, `seed`), a diffusers-format folder or a diffjax checkpoint; errors name what
+    `source` was expected to be."""
+    from diffjax.weights.folder import (PACKAGED_MODELS, PRESET_MODELS, load_sd_folder,
+                                        packaged_model_dir, preset_components)
+    if source in PACKAGED_MODELS and not os.path.exists(source):
+        comps = load_sd_folder(packaged_model_dir(source), dtype, attention)
+        comps.name = source
+        return comps
     if source in PRESET_MODELS and not os.path.exists(source):
         return preset_components(source, seed, dtype, attention)
     if is_checkpoint(source):

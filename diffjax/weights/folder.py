@@ -124,8 +124,9 @@ def preset_components(name: str, seed: int = 0, dtype: str = "float32",
 def check_sd_folder(path: str) -> None:
     """Named errors for a folder that is not a complete diffusers SD checkpoint."""
     if not os.path.isdir(path):
-        raise WeightsError(f"model {path!r} is neither a preset ({', '.join(PRESET_MODELS)}) "
-                           "nor an existing folder")
+        raise WeightsError(f"model {path!r} is neither a packaged model "
+                           f"({', '.join(PACKAGED_MODELS)}), a preset "
+                           f"({', '.join(PRESET_MODELS)}) nor an existing folder")
     if not os.path.exists(os.path.join(path, "model_index.json")):
         raise WeightsError(f"{path!r} has no model_index.json: not a diffusers-format folder")
     missing = [s for s in SUBFOLDERS if not os.path.isdir(os.path.join(path, s))]
