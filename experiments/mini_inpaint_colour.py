@@ -60,7 +60,7 @@ def main(out: str, n_images: int = 8, n_seeds: int = 16) -> dict:
                        "background_kept": float(np.mean([g["background"] == spec_i.background
                                                          for g in got]))})
         print(trials[-1], flush=True)
-        rows.append(np.concatenate([init[None], images]))
+        rows.append(np.concatenate([init[None].astype(np.float32) / 255.0, images]))
     result = {"n_images": n_images, "n_seeds": n_seeds, "sampler": config.sampler.name,
               "steps": config.sampler.steps, "guidance_scale": config.guidance_scale,
               "colour_changed": float(np.mean([t["colour_changed"] for t in trials])),

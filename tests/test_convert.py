@@ -176,7 +176,7 @@ def test_errors_name_the_problem(converted, tmp_path, capsys):
     # a source that is none of preset / folder / checkpoint
     missing = str(tmp_path / "nope")
     assert cli.main(["convert", missing, str(tmp_path / "x")]) == 2
-    assert "neither a preset" in capsys.readouterr().err
+    assert "neither a packaged model (mini), a preset" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
     with pytest.raises(WeightsError, match="not a diffjax checkpoint"):
         convert.load_checkpoint(src)

@@ -73,7 +73,7 @@ def test_spec_ranges_are_checked():
 
 
 def test_missing_or_incomplete_model_folder(tmp_path):
-    with pytest.raises(WeightsError, match="neither a preset"):
+    with pytest.raises(WeightsError, match=r"neither a packaged model \(mini\), a preset"):
         load_pipeline(str(tmp_path / "nope"))
     (tmp_path / "model_index.json").write_text("{}")
     (tmp_path / "unet").mkdir()

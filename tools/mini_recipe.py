@@ -174,7 +174,29 @@ def evaluate(model: str, n: int, seed_offset: int = 0, batch: int = 100) -> dict
         print(split, result[split], flush=True)
     clip = CLIPFeatures.from_model(model)
     result["clip_ranking"] = clip_ranking(clip, n)
+    result["vae_round_trip"] = vae_round_trip(model, n)
     return result
+
+
+def vae_round_trip(model: str, n: int) -> dict:
+    """Oracle agreement on the VAE round trip (encode mean -> decode) of n test renders:
+    the ceiling the decoder puts on prompt accuracy, per attribute."""
+    import jax
+
+    from diffjax.convert import load_components
+    from diffjax.data import shapes as S
+    from diffjax.metrics import shapes_oracle
+    from diffjax.models.vae import AutoencoderKL
+    c = load_components(model)
+    vae = AutoencoderKL(c.vae_config)
+    f = jax.jit(lambda p, x: vae.apply({"params": p}, vae.apply(
+        {"params": p}, x, method=AutoencoderKL.encode).mean, method=AutoencoderKL.decode))
+    ex = [S.example("test", i, 32) for i in range(n)]
+    x = np.stack([e["image"] for e in ex]).astype(np.float32) / 127.5 - 1.0
+    out = np.concatenate([np.asarray(f(c.vae_params, x[i:i + 250])) for i in range(0, n, 250)])
+    per = [shapes_oracle.check((o + 1.0) / 2.0, {k: e[k] for k in shapes_oracle.ATTRIBUTES})
+           for o, e in zip(np.clip(out, -1, 1), ex)]
+    return {k: float(np.mean([p[k] for p in per])) for k in ("all",) + shapes_oracle.ATTRIBUTES}
 
 
 def clip_ranking(clip, n: int) -> dict:
