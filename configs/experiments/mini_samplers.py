@@ -21,7 +21,7 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         kind="pipeline", path="mini", seed=0, dim=0, n_components=0, spread=0.0, std=0.0))
     c.prompts = "shapes:test"   # seed i draws the caption of test example i
-    c.samplers = "euler,ddim,heun,dpmpp_2m,unipc,euler_ancestral"
+    c.samplers = "euler,ddim,dpmpp_2m,unipc"
     c.steps = "5,10,20"
     c.guidance_scales = a.guidance
     c.schedules = "karras"

@@ -171,8 +171,11 @@ def read_events(path: str) -> list[tuple[str, int, float]]:
 
 
 def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
-    """[N, H, W, C] floats in [0, 1] -> one uint8 [rows*H, cols*W, C] image (row-major)."""
+    """[N, H, W, C] floats in [0, 1] (or uint8) -> one uint8 [rows*H, cols*W, C] image
+    (row-major)."""
     images = np.asarray(images)
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
     if images.ndim != 4:
         raise ValueError(f"expected images [N, H, W, C], got shape {images.shape}")
     if cols < 1:
