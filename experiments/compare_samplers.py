@@ -184,16 +184,21 @@ def _check_feature_extractor(name: str, need_text: bool) -> None:
                                     "needs image_encoder/ and, for clip_score, text_encoder/)")
 
 
+def _shapes_examples(spec: str, n: int, key: str) -> list[dict]:
+    """Examples 0..n-1 of the `shapes` split named by spec "shapes:<split>" (config `key`)."""
+    from diffjax.data import shapes as S
+    split = spec.split(":", 1)[1]
+    if split not in S.SPLITS:
+        raise CompareError(f"{key} {spec!r}: unknown shapes split {split!r}; valid: "
+                           f"{', '.join(S.SPLITS)}")
+    return [S.example(split, i, 32) for i in range(n)]
+
+
 def study_prompts(spec: str, n: int) -> list[str]:
     """n prompts: "shapes:<split>" -> captions of examples 0..n-1; else '|'-separated,
     cycled."""
     if spec.startswith("shapes:"):
-        from diffjax.data import shapes as S
-        split = spec.split(":", 1)[1]
-        if split not in S.SPLITS:
-            raise CompareError(f"prompts {spec!r}: unknown shapes split {split!r}; valid: "
-                               f"{', '.join(S.SPLITS)}")
-        return [S.example(split, i, 32)["caption"] for i in range(n)]
+        return [e["caption"] for e in _shapes_examples(spec, n, "prompts")]
     prompts = [p.strip() for p in spec.split("|") if p.strip()]
     if not prompts:
         raise CompareError("prompts is empty; give '|'-separated prompts or shapes:<split>")
@@ -204,11 +209,7 @@ def real_images(spec: str, n: int) -> np.ndarray:
     """The real images frechet compares with: "shapes:<split>" renders of examples 0..n-1,
     or every image in a folder (uint8 [N, H, W, 3])."""
     if spec.startswith("shapes:"):
-        from diffjax.data import shapes as S
-        split = spec.split(":", 1)[1]
-        if split not in S.SPLITS:
-            raise CompareError(f"real_images {spec!r}: unknown shapes split {split!r}")
-        return np.stack([S.example(split, i, 32)["image"] for i in range(n)])
+        return np.stack([e["image"] for e in _shapes_examples(spec, n, "real_images")])
     from PIL import Image
     files = sorted(f for f in os.listdir(spec)
                    if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
@@ -227,7 +228,9 @@ def _check_pipeline_inputs(config, metrics) -> None:
         if not spec:
             raise CompareError("metrics: frechet on a pipeline model needs real_images "
                                "(shapes:<split> or a folder of images)")
-        if not spec.startswith("shapes:"):
+        if spec.startswith("shapes:"):
+            _shapes_examples(spec, 0, "real_images")  # the split's name, checked now
+        else:
             if not os.path.isdir(spec):
                 raise FileNotFoundError(f"real_images folder {spec!r} does not exist")
             if not any(f.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
