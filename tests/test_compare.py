@@ -208,3 +208,16 @@ def test_committed_study_cell_reproduces_from_its_config(tmp_path):
     (row,) = runner.run_study(config, config.out, progress=False)
     for metric in ("rmse", "frechet"):
         assert f"{row[metric]:.3e}" == f"{saved[('unipc', 10)][metric]:.3e}", metric
+
+
+def test_pipeline_inputs_named_before_compute(tmp_path):
+    """The mini study's config with a misspelt real_images split / an empty image folder."""
+    config = load_config(os.path.join(REPO, "configs", "experiments", "mini_samplers.py"),
+                         ["real_images=shapes:tset"])
+    with pytest.raises(ValueError, match="real_images 'shapes:tset': unknown shapes split"):
+        runner.make_plan(config)
+    (tmp_path / "empty").mkdir()
+    config = load_config(os.path.join(REPO, "configs", "experiments", "mini_samplers.py"),
+                         [f"real_images={tmp_path / 'empty'}"])
+    with pytest.raises(ValueError, match="holds no .png/.jpg/.webp"):
+        runner.make_plan(config)
