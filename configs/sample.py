@@ -40,7 +40,7 @@ def get_config(arg=None):
     c.clip_skip = 0                 # 0 = last layer; 1 = penultimate
     c.batch_size = a.batch_size     # images per jitted call, over all devices (tail padded)
     c.dtype = "float32"             # network compute dtype; schedules are always float32
-    c.attention = "xla"             # xla | cudnn | chunked
+    c.attention = "auto"            # auto (per backend) | xla | cudnn | chunked
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # ('data','fsdp','tensor')
     c.compilation_cache = "~/.cache/diffjax/jax"  # persistent XLA cache ("" = off)
     # Multi-host: coordinator "" = one process; "auto" = platform discovery (TPU pods);

@@ -42,7 +42,7 @@ class BenchSpec:
     batch_sizes: tuple[int, ...] = (1,)
     steps: int = 10
     sampler: str = "euler"
-    attention: typing.Literal["xla", "cudnn", "chunked"] = "xla"
+    attention: typing.Literal["auto", "xla", "cudnn", "chunked"] = "auto"
     repeats: int = 3
     vs: typing.Literal["", "diffusers"] = ""
     startup: bool = False                # fresh-process cold / cached compile times

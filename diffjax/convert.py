@@ -205,7 +205,7 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
 
 
 # ------------------------------------------------------------------------ any source
-def load_components(source: str, dtype: str = "float32", attention: str = "xla",
+def load_components(source: str, dtype: str = "float32", attention: str = "auto",
                     seed: int = 0):
     """A model from a packaged model's name ("mini": trained weights), a preset name (random
     weights, `seed`), a diffusers-format folder or a diffjax checkpoint; errors name what

@@ -39,7 +39,7 @@ class SampleSpec:
     clip_skip: int = 0
     batch_size: int = 8
     dtype: typing.Literal["float32", "bfloat16"] = "float32"
-    attention: typing.Literal["xla", "cudnn", "chunked"] = "xla"
+    attention: typing.Literal["auto", "xla", "cudnn", "chunked"] = "auto"
     mesh_shape: tuple[int, ...] = (-1, 1, 1)
 
     def __post_init__(self):

@@ -319,7 +319,7 @@ class PipelineModel:
     def __init__(self, config, seeds):
         from diffjax.convert import load_components
         self.config = config
-        self.components = load_components(config.model.path, "float32", "xla",
+        self.components = load_components(config.model.path, "float32", "auto",
                                           config.model.seed)
         self.prompts = study_prompts(config.prompts, len(seeds))
         self.seeds = [int(s) for s in seeds]

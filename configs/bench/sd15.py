@@ -13,7 +13,7 @@ from diffjax.config import parse_arg
 
 def get_config(arg=None):
     a = parse_arg(arg, dtype="float32", steps=2, repeats=2, batch=1, vs="diffusers",
-                  attention="xla")
+                  attention="auto")
     return ml_collections.ConfigDict(dict(
         model="sd15", height=512, width=512, dtype=a.dtype, batch_sizes=(a.batch,),
         steps=a.steps, sampler="euler", attention=a.attention, repeats=a.repeats, vs=a.vs,

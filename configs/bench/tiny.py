@@ -12,5 +12,5 @@ import ml_collections
 def get_config():
     return ml_collections.ConfigDict(dict(
         model="tiny", height=0, width=0, dtype="float32", batch_sizes=(1, 4), steps=10,
-        sampler="euler", attention="xla", repeats=3, vs="",
+        sampler="euler", attention="auto", repeats=3, vs="",
         startup=True))   # fresh-process cold / cached compile times (two subprocesses)

@@ -99,7 +99,7 @@ def random_params(abstract_params, seed: int) -> dict:
 
 
 def preset_components(name: str, seed: int = 0, dtype: str = "float32",
-                      attention: str = "xla") -> Components:
+                      attention: str = "auto") -> Components:
     """A preset with random weights (seeded): for tests, benchmarks, and the default model
     until a trained one ships."""
     from diffjax.models import presets
@@ -147,7 +147,7 @@ def load_scheduler_config(folder: str) -> dict:
     return out
 
 
-def load_sd_folder(path: str, dtype: str = "float32", attention: str = "xla") -> Components:
+def load_sd_folder(path: str, dtype: str = "float32", attention: str = "auto") -> Components:
     """Every component of a diffusers-format Stable Diffusion 1.x/2.x folder."""
     from diffjax.weights.clip import load_text_encoder
     from diffjax.weights.unet import load_unet
