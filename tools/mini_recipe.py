@@ -1,8 +1,8 @@
 """diffjax-mini from scratch, in order: data -> clip -> vae -> assemble -> (unet, and in
-parallel vae_decoder then vae_decoder_2) -> package -> evaluate. Each training stage
-resumes from its checkpoints when rerun.
+parallel vae_decoder then vae_decoder_2) -> unet_2 -> package -> evaluate. Each training
+stage resumes from its checkpoints when rerun.
 
-    python tools/mini_recipe.py all                 # the whole recipe (2-core CPU: ~70 min)
+    python tools/mini_recipe.py all                 # the whole recipe (see the README's times)
     python tools/mini_recipe.py evaluate            # prompt accuracy + CLIP ranking + grid
     python tools/mini_recipe.py STAGE [--runs runs/mini] [--seed 0] [--out DIR]
 
@@ -13,7 +13,7 @@ plus a fresh UNet (the UNet trainer's `model`), after measuring the VAE's latent
 factor (1/std of its latents, as LDM chose 0.18215); while the UNet trains on the frozen
 encoder's latents, `vae_decoder` and `vae_decoder_2` fine-tune the decoder alone
 (configs/mini/vae_decoder.py); `package` writes the EMA UNet and decoder into the shipped
-folder (float16 storage, < 25 MB). Every training stage is a plain `diffjax train
+folder (float16 storage, < 25 MB); `unet_2` continues the UNet from its EMA weights. Every training stage is a plain `diffjax train
 --config configs/mini/<file>.py:<args>` run; its workdir's config.json reruns it.
 """
 
@@ -31,15 +31,20 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("data", "clip", "vae", "assemble", "unet", "vae_decoder", "vae_decoder_2",
-          "package", "evaluate")
-TRAIN_STAGES = ("clip", "vae", "unet", "vae_decoder", "vae_decoder_2")
+          "unet_2", "package", "evaluate")
+TRAIN_STAGES = ("clip", "vae", "unet", "vae_decoder", "vae_decoder_2", "unet_2")
 # The decoder fine-tune ran as two rounds (4,000 then 3,000 steps, each its own cosine
 # schedule): the second was added when the UNet still had 25 minutes to go.
 STAGE_ARGS = {"vae_decoder": lambda runs: {"init_from": os.path.join(runs, "vae")},
               "vae_decoder_2": lambda runs: {"init_from": os.path.join(runs, "vae_decoder"),
                                              "steps": 3000},
-              "unet": lambda runs: {"model": os.path.join(runs, "base")}}
-CONFIG_OF = {"vae_decoder_2": "vae_decoder"}  # stage -> configs/mini/<file>.py
+              "unet": lambda runs: {"model": os.path.join(runs, "base")},
+              "unet_2": lambda runs: {"model": os.path.join(runs, "base"),
+                                      "init_from": os.path.join(runs, "unet"),
+                                      "steps": 8000, "lr": 5e-4}}
+# unet_2 continues the UNet's EMA weights under a fresh cosine schedule at half the peak
+# learning rate: added after the first 5,000 steps left shape and position at 39% / 29%.
+CONFIG_OF = {"vae_decoder_2": "vae_decoder", "unet_2": "unet"}  # stage -> configs/mini/*.py
 DATA_SIZES = {"train": 50000, "test": 1000, "holdout": 1000}
 SHIPPED = os.path.join(ROOT, "diffjax", "assets", "mini")
 # Pixels in [-1, 1], as every mini network was trained: mean = std = 0.5 on [0, 1].
@@ -119,14 +124,15 @@ def stage_assemble(a) -> None:
 
 
 def stage_package(a) -> None:
-    """The shipped folder: runs/base with the UNet's EMA params, float16 storage."""
+    """The shipped folder: runs/base with unet_2's EMA UNet and vae_decoder_2's decoder,
+    float16 storage."""
     import shutil
 
     from diffjax.metrics.clip_features import write_normalization
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.weights.folder import export_sd_folder, load_sd_folder
     comps = load_sd_folder(os.path.join(a.runs, "base"))
-    comps.unet_params, unet_step = load_trained_params(os.path.join(a.runs, "unet"))
+    comps.unet_params, unet_step = load_trained_params(os.path.join(a.runs, "unet_2"))
     comps.vae_params, decoder_step = load_trained_params(os.path.join(a.runs, "vae_decoder_2"))
     tmp = a.out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -278,7 +284,7 @@ def main(argv=None) -> int:
         run_stage(a, "unet")
         if decoder.wait():
             raise RuntimeError(f"a vae_decoder stage failed (exit {decoder.returncode})")
-        for s in ("package", "evaluate"):
+        for s in ("unet_2", "package", "evaluate"):
             run_stage(a, s)
     else:
         run_stage(a, a.stage)

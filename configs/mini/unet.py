@@ -5,8 +5,9 @@
 
 The same trainer and step as any SD fine-tune (configs/train/unet.py): epsilon target on
 SD's scaled-linear schedule, min-SNR-5 weighting, 10% caption dropout for CFG. The shipped
-model is the EMA params. Arg keys: model (the assembled base folder), dataset, steps,
-batch, seed.
+model is the EMA params. Arg keys: model (the assembled base folder), init_from (a finished
+UNet run to continue from, as the recipe's unet_2 stage does), lr, dataset, steps, batch,
+seed.
 """
 
 import ml_collections
@@ -17,17 +18,18 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, model="runs/mini/base", dataset=DATASET, steps=5000, batch=32, seed=0)
+    a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
+                  steps=5000, batch=32, seed=0)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"
     c.seed = a.seed
-    c.model = ml_collections.ConfigDict(dict(name=a.model))
+    c.model = ml_collections.ConfigDict(dict(name=a.model, init_from=a.init_from))
     c.data = ml_collections.ConfigDict(dict(
         dataset=a.dataset, split="train", data_dir="", resolution=32, batch_size=a.batch,
         crop="center", flip=False, caption_dropout=0.1,
         image_key="image", caption_key="caption"))
     c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, warmup_steps=200, total_steps=a.steps, schedule="cosine",
+        learning_rate=a.lr, warmup_steps=200, total_steps=a.steps, schedule="cosine",
         end_lr_fraction=0.05, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.999,

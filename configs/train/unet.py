@@ -3,7 +3,8 @@
     python -c "from diffjax.train.unet_trainer import train_and_evaluate; ..."   (CLI: lead)
 
 Arg keys: model (preset name or diffusers-format folder holding the frozen CLIP + VAE and
-the UNet to start from), dataset (built dir or tfds name), steps, batch.
+the UNet to start from), init_from (a finished UNet run whose EMA weights replace the
+folder's UNet), dataset (built dir or tfds name), steps, batch.
 """
 
 import ml_collections
@@ -12,11 +13,11 @@ from diffjax.config import parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, model="tiny", dataset="", steps=1000, batch=8)
+    a = parse_arg(arg, model="tiny", init_from="", dataset="", steps=1000, batch=8)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"              # diffjax/commands/train.py dispatches on this
     c.seed = 0
-    c.model = ml_collections.ConfigDict(dict(name=a.model))
+    c.model = ml_collections.ConfigDict(dict(name=a.model, init_from=a.init_from))
     c.data = ml_collections.ConfigDict(dict(
         dataset=a.dataset,          # e.g. data/shapes/r32-train20000-test1000-holdout1000/1.0.0
         split="train", data_dir="", resolution=32, batch_size=a.batch,  # global batch

@@ -15,6 +15,7 @@ VAE's scaling factor.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -45,6 +46,27 @@ def unet_state_shardings(unet, comps, tx, state, mesh) -> TrainState:
     opt = optax.tree_map_params(tx, lambda _, sh: sh, state.opt_state, ps,
                                 transform_non_params=lambda _: repl)
     return TrainState(step=repl, params=ps, ema_params=ps, opt_state=opt)
+
+
+def _initial_unet_params(c, comps):
+    """The model folder's UNet, or with `model.init_from` a finished run's EMA UNet: how a
+    second stage continues a first (fresh optimizer and schedule, same architecture)."""
+    init_from = c.model.get("init_from", "")
+    if not init_from:
+        return comps.unet_params
+    from diffjax.train.checkpoint import load_trained_params
+    params, _ = load_trained_params(init_from)
+    want, got = jax.tree.structure(comps.unet_params), jax.tree.structure(params)
+    if want != got:
+        raise ValueError(f"model.init_from {init_from!r} holds a UNet of another structure "
+                         f"than {c.model.name!r}'s")
+    for path, a in jax.tree_util.tree_leaves_with_path(comps.unet_params):
+        b = functools.reduce(lambda t, k: t[k.key], path, params)
+        if a.shape != b.shape:
+            raise ValueError(f"model.init_from {init_from!r}: "
+                             f"{jax.tree_util.keystr(path)} has shape {b.shape}, "
+                             f"{c.model.name!r} expects {a.shape}")
+    return params
 
 
 def train_and_evaluate(config, workdir: str):
@@ -103,7 +125,7 @@ def train_and_evaluate(config, workdir: str):
                              "context": jax.lax.stop_gradient(context)}, key)
 
     frozen = {"text": comps.text_params, "vae": comps.vae_params}
-    state = create_train_state(comps.unet_params, tx)
+    state = create_train_state(_initial_unet_params(c, comps), tx)
     repl = sharding.replicated(mesh)
     state_shardings = unet_state_shardings(unet, comps, tx, state, mesh)
     batch_spec = {"image": sharding.batch_sharding(mesh, 4),
