@@ -176,10 +176,12 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True,
 import flax.linen as nn  # noqa: E402
 
 
-# Stride-1 convolutions on at most this many output pixels run as one matmul over the
-# 3x3 patches (im2col) on CPU. Measured on a 2-core x86 VM, float32, batch 2: a 3x3 conv
-# at 16x16x1280 takes 69 ms as im2col against 115 ms as XLA's convolution, at 32x32x640
-# about the same, at 64x64x320 twice as long; SD1.5's UNet call 8.1-8.5 s against 9.3 s.
+# Stride-1 convolutions on at most this many input pixels run as one matmul over the
+# 3x3 patches (im2col) on CPU. Measured on a 2-core x86 VM, float32, batch 2, one conv
+# alone: 16x16x1280 69 ms as im2col against 115 ms as XLA's convolution, but 32x32x640
+# 96 ms against 62 and 64x64x320 121 ms against 63. In SD1.5's whole UNet call, though
+# (fusion with the neighbouring ops): 8.1-8.5 s with im2col up to 32x32, 8.5-8.7 s up to
+# 16x16, 9.3-9.5 s without.
 IM2COL_MAX_PIXELS = 1024
 
 
@@ -194,6 +196,8 @@ def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     n, h, w, _ = lhs.shape
     plain = (jax.default_backend() != "cpu" or tuple(window_strides) != (1, 1)
              or (kh, kw) == (1, 1) or h * w > IM2COL_MAX_PIXELS or feature_group_count != 1
+             or (dimension_numbers is not None
+                 and tuple(dimension_numbers.lhs_spec) != (0, 3, 1, 2))  # not NHWC
              or any(d not in (None, 1) for d in (*(lhs_dilation or ()),
                                                   *(rhs_dilation or ())))
              or isinstance(padding, str))
