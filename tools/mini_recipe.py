@@ -12,9 +12,10 @@ writes a diffusers-format folder with the trained CLIP (text and image towers) a
 plus a fresh UNet (the UNet trainer's `model`), after measuring the VAE's latent scaling
 factor (1/std of its latents, as LDM chose 0.18215); while the UNet trains on the frozen
 encoder's latents, `vae_decoder` and `vae_decoder_2` fine-tune the decoder alone
-(configs/mini/vae_decoder.py); `package` writes the EMA UNet and decoder into the shipped
-folder (float16 storage, < 25 MB); `unet_2` continues the UNet from its EMA weights. Every training stage is a plain `diffjax train
---config configs/mini/<file>.py:<args>` run; its workdir's config.json reruns it.
+(configs/mini/vae_decoder.py); `unet_2` continues the UNet from its EMA weights; `package`
+writes the EMA UNet and decoder into the shipped folder (float16 storage, < 25 MB). Every
+training stage is a plain `diffjax train --config configs/mini/<file>.py:<args>` run; its
+workdir's config.json reruns it.
 """
 
 from __future__ import annotations
