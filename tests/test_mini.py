@@ -39,7 +39,6 @@ def test_mini_is_the_default_model_and_small():
         assert os.path.isdir(os.path.join(folder, sub)), sub
 
 
-@pytest.mark.xdist_group("mini_pipe")  # one compile of the batch-32 mini pipeline
 def test_mini_draws_its_prompts(mini_pipe):
     """32 seen-combination captions of the `test` split, seeds 0..31. The shipped model gets
     colour and background right on 100% of 500 such captions, size on 97%, shape on 61% and
@@ -54,7 +53,6 @@ def test_mini_draws_its_prompts(mini_pipe):
     assert rate["colour"] >= 0.9 and rate["background"] >= 0.9 and rate["size"] >= 0.75, rate
 
 
-@pytest.mark.xdist_group("mini_pipe")
 def test_mini_colour_follows_the_prompt(mini_pipe):
     """Same seed, six colour words: the oracle reads back each colour (>= 5 of 6)."""
     captions = [f"a large {c} square in the center on a white background" for c in S.COLOURS]

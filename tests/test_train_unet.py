@@ -26,8 +26,8 @@ def _config(dataset, steps, batch=8):
 @pytest.fixture(scope="module")
 def dp_run(tmp_path_factory):
     """Two steps of the tiny UNet trainer on the (data 8) mesh, checkpointed at step 2: the
-    run both tests below read (one compile, ~45 s CPU; their xdist group keeps them on one
-    worker, so it runs once)."""
+    run the tests below read (one compile, ~45 s CPU; `--dist loadfile` keeps this file on
+    one worker, so it runs once)."""
     root = tmp_path_factory.mktemp("unet_trainer")
     data = builders.build_shapes(str(root / "data"), 32, {"train": 16})
     work = str(root / "dp")
@@ -36,7 +36,6 @@ def dp_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("unet_trainer")
 def test_train_resume_and_bad_batch(dp_run, tmp_path):
     data, work, state, hist = dp_run
     assert [h["step"] for h in hist] == [1, 2]
@@ -57,7 +56,6 @@ def test_train_resume_and_bad_batch(dp_run, tmp_path):
 
 
 @pytest.mark.slow  # one more compile of the tiny train step, sharded (~50 s CPU)
-@pytest.mark.xdist_group("unet_trainer")
 def test_fsdp_sharded_params_match_data_parallel(dp_run, tmp_path):
     """Two steps on a (data 2, fsdp 4) mesh, where params, EMA and Adam moments are sharded
     by their logical axes, equal the steps on (data 8) with replicated params (same global
@@ -85,7 +83,6 @@ def test_fsdp_sharded_params_match_data_parallel(dp_run, tmp_path):
     assert np.mean(np.abs(a - b) <= 1e-6 + 1e-4 * np.abs(b)) >= 0.999
 
 
-@pytest.mark.xdist_group("unet_trainer")
 def test_init_from_takes_a_finished_runs_ema_unet(dp_run):
     """`model.init_from` starts from a run's EMA UNet (how the mini recipe's unet_2 continues
     unet); a run of another architecture is refused naming the parameter and both shapes."""
