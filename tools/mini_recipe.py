@@ -181,20 +181,19 @@ def evaluate(model: str, n: int, seed_offset: int = 0, batch: int = 100) -> dict
         print(split, result[split], flush=True)
     clip = CLIPFeatures.from_model(model)
     result["clip_ranking"] = clip_ranking(clip, n)
-    result["vae_round_trip"] = vae_round_trip(model, n)
+    result["vae_round_trip"] = vae_round_trip(pipe.components, n)
     return result
 
 
-def vae_round_trip(model: str, n: int) -> dict:
-    """Oracle agreement on the VAE round trip (encode mean -> decode) of n test renders:
-    the ceiling the decoder puts on prompt accuracy, per attribute."""
+def vae_round_trip(c, n: int) -> dict:
+    """Oracle agreement on the VAE round trip (encode mean -> decode) of n test renders by
+    Components c (the evaluated pipeline's, not loaded again): the ceiling the decoder puts
+    on prompt accuracy, per attribute."""
     import jax
 
-    from diffjax.convert import load_components
     from diffjax.data import shapes as S
     from diffjax.metrics import shapes_oracle
     from diffjax.models.vae import AutoencoderKL
-    c = load_components(model)
     vae = AutoencoderKL(c.vae_config)
     f = jax.jit(lambda p, x: vae.apply({"params": p}, vae.apply(
         {"params": p}, x, method=AutoencoderKL.encode).mean, method=AutoencoderKL.decode))
