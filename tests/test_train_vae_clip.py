@@ -192,6 +192,20 @@ def test_named_errors_before_any_compile(shapes_data, tmp_path):
     c.model.name = "huge"
     with pytest.raises(ValueError, match="model.name 'huge' is not a VAE preset; presets: "):
         vae_trainer.train_and_evaluate(c, str(tmp_path / "v"), progress=False)
+    # model.init_from naming a run of another preset (here a saved "tiny" VAE for "mini")
+    import jax.numpy as jnp
+
+    from diffjax.models import presets
+    from diffjax.train import checkpoint
+    from diffjax.train.state import TrainState
+    tiny = vae_trainer.init_vae_params(presets.VAE_PRESETS["tiny"], 0)
+    checkpoint.save(checkpoint.make_manager(str(tmp_path / "tiny_run")),
+                    TrainState(jnp.asarray(1, jnp.int32), tiny, tiny, {"count": jnp.zeros(())}))
+    c.data.batch_size = 8
+    c.model.name, c.model.init_from = "mini", str(tmp_path / "tiny_run")
+    with pytest.raises(ValueError, match=r"model.init_from '.*tiny_run' holds params of "
+                                         r"another structure"):
+        vae_trainer.train_and_evaluate(c, str(tmp_path / "v"), progress=False)
     c = _config("clip", "steps=2,batch=8")
     c.data.resolution = 36
     with pytest.raises(ValueError, match="data.resolution 36 is not a multiple of the vision "

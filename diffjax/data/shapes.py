@@ -225,7 +225,7 @@ def sample_spec(split: str, index: int) -> ShapeSpec:
                      float(radius))
 
 
-def _where_phrase(position: str, rng: np.random.Generator) -> str:
+def where_phrase(position: str, rng: np.random.Generator) -> str:
     if position == "center":
         return ("in the center", "in the middle")[rng.integers(2)]
     words = position.replace("top", ("top", "upper")[rng.integers(2)])
@@ -243,7 +243,7 @@ def make_caption(spec: ShapeSpec, rng: np.random.Generator) -> str:
     shape_w = SHAPE_WORDS[spec.shape][rng.integers(len(SHAPE_WORDS[spec.shape]))]
     size_w = SIZE_WORDS[spec.size][rng.integers(len(SIZE_WORDS[spec.size]))]
     caption = template.format(size=size_w, colour=spec.colour, shape=shape_w,
-                              where=_where_phrase(spec.position, rng), bg=spec.background)
+                              where=where_phrase(spec.position, rng), bg=spec.background)
     return caption
 
 

@@ -68,3 +68,22 @@ def load_trained_params(workdir: str, item: str = "ema_params", step: int | None
                                 "has that run been trained?")
     got = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))
     return jax.tree.map(np.asarray, got[item]), step
+
+
+def load_params_like(workdir: str, like, what: str):
+    """A finished run's EMA params, checked leaf by leaf against `like` (arrays or
+    ShapeDtypeStructs of the model being built): how `model.init_from` continues a run.
+
+    Why: a run of another preset restores without complaint and then fails deep inside
+    the first jitted step; this names the first parameter path that differs instead."""
+    import functools
+    params, _ = load_trained_params(workdir)
+    if jax.tree.structure(like) != jax.tree.structure(params):
+        raise ValueError(f"{what} {workdir!r} holds params of another structure than the "
+                         "model being trained (another preset?)")
+    for path, a in jax.tree_util.tree_leaves_with_path(like):
+        b = functools.reduce(lambda t, k: t[k.key], path, params)
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"{what} {workdir!r}: {jax.tree_util.keystr(path)} has shape "
+                             f"{tuple(b.shape)}, the model expects {tuple(a.shape)}")
+    return params

@@ -15,7 +15,6 @@ VAE's scaling factor.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -54,19 +53,8 @@ def _initial_unet_params(c, comps):
     init_from = c.model.get("init_from", "")
     if not init_from:
         return comps.unet_params
-    from diffjax.train.checkpoint import load_trained_params
-    params, _ = load_trained_params(init_from)
-    want, got = jax.tree.structure(comps.unet_params), jax.tree.structure(params)
-    if want != got:
-        raise ValueError(f"model.init_from {init_from!r} holds a UNet of another structure "
-                         f"than {c.model.name!r}'s")
-    for path, a in jax.tree_util.tree_leaves_with_path(comps.unet_params):
-        b = functools.reduce(lambda t, k: t[k.key], path, params)
-        if a.shape != b.shape:
-            raise ValueError(f"model.init_from {init_from!r}: "
-                             f"{jax.tree_util.keystr(path)} has shape {b.shape}, "
-                             f"{c.model.name!r} expects {a.shape}")
-    return params
+    from diffjax.train.checkpoint import load_params_like
+    return load_params_like(init_from, comps.unet_params, "model.init_from")
 
 
 def train_and_evaluate(config, workdir: str):

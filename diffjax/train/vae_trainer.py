@@ -109,8 +109,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True):
                          ema_decay=c.train.ema_decay, frozen=FROZEN_GROUPS[train_only])
     init_from = c.model.get("init_from", "")
     if init_from:  # fine-tune a finished run's EMA params (e.g. its decoder only)
-        from diffjax.train.checkpoint import load_trained_params
-        params, _ = load_trained_params(init_from)
+        from diffjax.train.checkpoint import load_params_like
+        from diffjax.weights.vae import abstract_vae_params
+        params = load_params_like(init_from, abstract_vae_params(vcfg), "model.init_from")
     else:
         params = init_vae_params(vcfg, c.seed)
     return runner.run_single_model(c, workdir, params, step,
