@@ -1,5 +1,5 @@
 """diffjax-mini from scratch, in order: data -> clip -> vae -> assemble -> (unet, and in
-parallel vae_decoder then vae_decoder_2) -> unet_2 -> package -> evaluate. Each training
+parallel vae_decoder then vae_decoder_2) -> package -> evaluate. Each training
 stage resumes from its checkpoints when rerun.
 
     python tools/mini_recipe.py all                 # the whole recipe (see the README's times)
@@ -12,8 +12,7 @@ writes a diffusers-format folder with the trained CLIP (text and image towers) a
 plus a fresh UNet (the UNet trainer's `model`), after measuring the VAE's latent scaling
 factor (1/std of its latents, as LDM chose 0.18215); while the UNet trains on the frozen
 encoder's latents, `vae_decoder` and `vae_decoder_2` fine-tune the decoder alone
-(configs/mini/vae_decoder.py); `unet_2` continues the UNet from its EMA weights; `package`
-writes the EMA UNet and decoder into the shipped folder (float16 storage, < 25 MB). Every
+(configs/mini/vae_decoder.py); `package` writes the EMA UNet and decoder into the shipped folder (float16 storage, < 25 MB). Every
 training stage is a plain `diffjax train --config configs/mini/<file>.py:<args>` run; its
 workdir's config.json reruns it.
 """
@@ -32,20 +31,15 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("data", "clip", "vae", "assemble", "unet", "vae_decoder", "vae_decoder_2",
-          "unet_2", "package", "evaluate")
-TRAIN_STAGES = ("clip", "vae", "unet", "vae_decoder", "vae_decoder_2", "unet_2")
+          "package", "evaluate")
+TRAIN_STAGES = ("clip", "vae", "unet", "vae_decoder", "vae_decoder_2")
 # The decoder fine-tune ran as two rounds (4,000 then 3,000 steps, each its own cosine
 # schedule): the second was added when the UNet still had 25 minutes to go.
 STAGE_ARGS = {"vae_decoder": lambda runs: {"init_from": os.path.join(runs, "vae")},
               "vae_decoder_2": lambda runs: {"init_from": os.path.join(runs, "vae_decoder"),
                                              "steps": 3000},
-              "unet": lambda runs: {"model": os.path.join(runs, "base")},
-              "unet_2": lambda runs: {"model": os.path.join(runs, "base"),
-                                      "init_from": os.path.join(runs, "unet"),
-                                      "steps": 8000, "lr": 5e-4}}
-# unet_2 continues the UNet's EMA weights under a fresh cosine schedule at half the peak
-# learning rate: added after the first 5,000 steps left shape and position at 39% / 29%.
-CONFIG_OF = {"vae_decoder_2": "vae_decoder", "unet_2": "unet"}  # stage -> configs/mini/*.py
+              "unet": lambda runs: {"model": os.path.join(runs, "base")}}
+CONFIG_OF = {"vae_decoder_2": "vae_decoder"}  # stage -> configs/mini/*.py
 DATA_SIZES = {"train": 50000, "test": 1000, "holdout": 1000}
 SHIPPED = os.path.join(ROOT, "diffjax", "assets", "mini")
 # Pixels in [-1, 1], as every mini network was trained: mean = std = 0.5 on [0, 1].
@@ -125,7 +119,7 @@ def stage_assemble(a) -> None:
 
 
 def stage_package(a) -> None:
-    """The shipped folder: runs/base with unet_2's EMA UNet and vae_decoder_2's decoder,
+    """The shipped folder: runs/base with unet's EMA UNet and vae_decoder_2's decoder,
     float16 storage."""
     import shutil
 
@@ -133,7 +127,7 @@ def stage_package(a) -> None:
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.weights.folder import export_sd_folder, load_sd_folder
     comps = load_sd_folder(os.path.join(a.runs, "base"))
-    comps.unet_params, unet_step = load_trained_params(os.path.join(a.runs, "unet_2"))
+    comps.unet_params, unet_step = load_trained_params(os.path.join(a.runs, "unet"))
     comps.vae_params, decoder_step = load_trained_params(os.path.join(a.runs, "vae_decoder_2"))
     tmp = a.out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,6 +175,7 @@ def evaluate(model: str, n: int, seed_offset: int = 0, batch: int = 100) -> dict
         print(split, result[split], flush=True)
     clip = CLIPFeatures.from_model(model)
     result["clip_ranking"] = clip_ranking(clip, n)
+    result["clip_position_ranking"] = clip_position_ranking(clip, n)
     result["vae_round_trip"] = vae_round_trip(pipe.components, n)
     return result
 
@@ -223,6 +218,30 @@ def clip_ranking(clip, n: int) -> dict:
     return {"pairs": n, "own_above_mismatched": float(np.mean(s_own > s_other)),
             "mean_score_own": float(s_own.mean()), "mean_score_mismatched":
             float(s_other.mean())}
+
+
+def clip_position_ranking(clip, n: int) -> dict:
+    """Fraction of n `test` renders whose CLIP score is highest for the caption naming their
+    own grid cell among the nine captions "a {size} {colour} {shape} {where}" that differ
+    only in position (chance 1/9); and the same for the row alone (top / middle / bottom
+    captions of the right column, chance 1/3).
+
+    Why: the UNet is conditioned on this text tower; a tower that does not tell "upper left"
+    from "lower left" (the first mini CLIP: cosine 0.994 between those captions' embeddings)
+    leaves the UNet nothing to place a shape by."""
+    from diffjax.data import shapes as S
+    ex = [S.example("test", i, 32) for i in range(n)]
+    images = np.stack([e["image"] for e in ex])
+    rng = np.random.default_rng(0)
+    wheres = [S.where_phrase(p, rng) for p in S.POSITIONS]
+    captions = [f"a {e['size']} {e['colour']} {e['shape']} {w}" for e in ex for w in wheres]
+    scores = clip.clip_score(np.repeat(images, len(wheres), 0), captions).reshape(n, -1)
+    own = np.array([S.POSITIONS.index(e["position"]) for e in ex])
+    col = own % 3
+    rows = np.stack([col, col + 3, col + 6], 1)  # the three cells of each render's column
+    row_scores = np.take_along_axis(scores, rows, 1)
+    return {"renders": n, "position_top1_of_9": float(np.mean(scores.argmax(1) == own)),
+            "row_top1_of_3": float(np.mean(row_scores.argmax(1) == own // 3))}
 
 
 # The README's grid: its first command's prompt, then seen and held-out combinations
@@ -284,7 +303,7 @@ def main(argv=None) -> int:
         run_stage(a, "unet")
         if decoder.wait():
             raise RuntimeError(f"a vae_decoder stage failed (exit {decoder.returncode})")
-        for s in ("unet_2", "package", "evaluate"):
+        for s in ("package", "evaluate"):
             run_stage(a, s)
     else:
         run_stage(a, a.stage)

@@ -5,9 +5,9 @@
 
 The same trainer and step as any SD fine-tune (configs/train/unet.py): epsilon target on
 SD's scaled-linear schedule, min-SNR-5 weighting, 10% caption dropout for CFG. The shipped
-model is the EMA params. Arg keys: model (the assembled base folder), init_from (a finished
-UNet run to continue from, as the recipe's unet_2 stage does), lr, dataset, steps, batch,
-seed.
+model is the EMA params after 14,000 steps of 32 (one cosine schedule). Arg keys: model
+(the assembled base folder), init_from (a finished UNet run's workdir to continue from:
+fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch, seed.
 """
 
 import ml_collections
@@ -19,7 +19,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 def get_config(arg=None):
     a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
-                  steps=5000, batch=32, seed=0)
+                  steps=14000, batch=32, seed=0)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"
     c.seed = a.seed
