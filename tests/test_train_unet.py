@@ -85,7 +85,7 @@ def test_fsdp_sharded_params_match_data_parallel(dp_run, tmp_path):
 
 def test_init_from_takes_a_finished_runs_ema_unet(dp_run):
     """`model.init_from` starts from a run's EMA UNet (how a second training stage continues
-    unet); a run of another architecture is refused naming the parameter and both shapes."""
+    a first); a run of another architecture is refused naming the parameter and both shapes."""
     import jax
 
     from diffjax.convert import load_components

@@ -12,9 +12,10 @@ writes a diffusers-format folder with the trained CLIP (text and image towers) a
 plus a fresh UNet (the UNet trainer's `model`), after measuring the VAE's latent scaling
 factor (1/std of its latents, as LDM chose 0.18215); while the UNet trains on the frozen
 encoder's latents, `vae_decoder` and `vae_decoder_2` fine-tune the decoder alone
-(configs/mini/vae_decoder.py); `package` writes the EMA UNet and decoder into the shipped folder (float16 storage, < 25 MB). Every
-training stage is a plain `diffjax train --config configs/mini/<file>.py:<args>` run; its
-workdir's config.json reruns it.
+(configs/mini/vae_decoder.py); `package` writes the EMA UNet and decoder into the shipped
+folder (float16 storage, < 25 MB). Every training stage is a plain
+`diffjax train --config configs/mini/<file>.py:<args>` run; its workdir's config.json
+reruns it.
 """
 
 from __future__ import annotations
@@ -223,8 +224,8 @@ def clip_ranking(clip, n: int) -> dict:
 def clip_position_ranking(clip, n: int) -> dict:
     """Fraction of n `test` renders whose CLIP score is highest for the caption naming their
     own grid cell among the nine captions "a {size} {colour} {shape} {where}" that differ
-    only in position (chance 1/9); and the same for the row alone (top / middle / bottom
-    captions of the right column, chance 1/3).
+    only in position (chance 1/9); and the same for the row alone (the three captions of
+    the render's own column, chance 1/3).
 
     Why: the UNet is conditioned on this text tower; a tower that does not tell "upper left"
     from "lower left" (the first mini CLIP: cosine 0.994 between those captions' embeddings)

@@ -226,6 +226,8 @@ def sample_spec(split: str, index: int) -> ShapeSpec:
 
 
 def where_phrase(position: str, rng: np.random.Generator) -> str:
+    """A caption's words for `position` ("in the upper left corner", "on the left", ...),
+    synonyms drawn from rng; public so that metrics can build position-only captions."""
     if position == "center":
         return ("in the center", "in the middle")[rng.integers(2)]
     words = position.replace("top", ("top", "upper")[rng.integers(2)])
