@@ -12,7 +12,8 @@ that differ only in position (same shape and colour: ~1 in 36 pairs). The first 
 scored its own cell first 14% of the time (chance 11%), "upper left" and "lower left"
 captions had text-embedding cosine 0.994 -- and the UNet conditioned on it placed shapes
 by the noise, not the words (position 34%). This config: 38% after 500 steps, 85% after
-1,000, 99.6% after 2,000 (tools/mini_recipe.py clip_position_ranking, 500 renders). The recipe, in order: tools/mini_recipe.py and the README.
+1,000, 99.6% after 2,000 (tools/mini_recipe.py clip_position_ranking, 500 renders).
+The recipe, in order: tools/mini_recipe.py and the README.
 """
 
 import ml_collections
