@@ -13,7 +13,7 @@ import pytest
 from diffjax.commands.train import TRAINERS, get_trainer
 from diffjax.train import logging as tlog
 from diffjax.train.clip_trainer import contrastive_loss
-from diffjax.train.vae_trainer import kl_to_standard_normal, vae_loss
+from diffjax.train.vae_trainer import edge_map, kl_to_standard_normal, vae_loss
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -102,6 +102,30 @@ def test_kl_matches_diffusers_diagonal_gaussian():
     np.testing.assert_allclose(float(loss), 0.5 + 1e-3 * ref.mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="recon_loss must be 'l1' or 'l2', got 'lpips'"):
         vae_loss(x, x, mean, logvar, kl_weight=0.0, recon_loss="lpips")
+
+
+def test_edge_weighted_recon_loss():
+    x = np.full((1, 6, 6, 3), -1.0, np.float32)
+    x[0, :, 3:, 0] = 1.0  # a vertical edge between columns 2 and 3, red channel only
+    e = np.asarray(edge_map(jnp.asarray(x)))
+    expect = np.zeros((1, 6, 6), np.float32)
+    expect[0, :, 2:4] = 1.0  # both sides of a full-range step, nothing elsewhere
+    np.testing.assert_array_equal(e, expect)
+    mean = logvar = jnp.zeros((1, 2, 2, 4))
+    flat = jnp.full((1, 6, 6, 3), 0.3)
+    # a flat image has no edges: the weighted loss is the plain one
+    _, a = vae_loss(flat + 0.1, flat, mean, logvar, kl_weight=0.0, edge_weight=9.0)
+    np.testing.assert_allclose(float(a["recon"]), 0.1, rtol=1e-6)
+    # an error of 1 on one edge pixel (of 36, 12 on the edge): weight 10 of total 36 + 12*9
+    err = np.zeros_like(x)
+    err[0, 0, 2, 0] = 1.0
+    _, a = vae_loss(jnp.asarray(x + err), jnp.asarray(x), mean, logvar, kl_weight=0.0,
+                    edge_weight=9.0)
+    np.testing.assert_allclose(float(a["recon"]), 10.0 / 3 / (36 + 12 * 9), rtol=1e-6)
+    _, a = vae_loss(jnp.asarray(x + err), jnp.asarray(x), mean, logvar, kl_weight=0.0)
+    np.testing.assert_allclose(float(a["recon"]), 1.0 / (36 * 3), rtol=1e-6)
+    with pytest.raises(ValueError, match="edge_weight must be >= 0, got -1"):
+        vae_loss(x, x, mean, logvar, kl_weight=0.0, edge_weight=-1.0)
 
 
 def test_contrastive_loss_matches_transformers_clip():

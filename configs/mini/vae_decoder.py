@@ -8,7 +8,8 @@ stage 3 -- what Stability's sd-vae-ft-mse did for SD. Two processes on 2 cores a
 ~1.4x the throughput of one. It ran in two rounds (tools/mini_recipe.py: vae_decoder,
 then vae_decoder_2 = this file with init_from=runs/mini/vae_decoder,steps=3000); the shipped
 VAE is the second round's EMA params.
-Arg keys: init_from (the workdir to start from), dataset, steps, batch, seed.
+Arg keys: init_from (the workdir to start from), dataset, steps, batch, seed, edge_weight
+(see diffjax/train/vae_trainer.vae_loss).
 """
 
 import ml_collections
@@ -20,7 +21,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 def get_config(arg=None):
     a = parse_arg(arg, init_from="runs/mini/vae", dataset=DATASET, steps=4000, batch=32,
-                  seed=0)
+                  seed=0, edge_weight=0.0)
     c = ml_collections.ConfigDict()
     c.trainer = "vae"
     c.seed = a.seed
@@ -33,7 +34,7 @@ def get_config(arg=None):
         end_lr_fraction=0.05, weight_decay=0.0, b1=0.9, b2=0.99, eps=1e-8, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.995,
-        kl_weight=1e-6, recon_loss="l1", decode_from="sample",
+        kl_weight=1e-6, recon_loss="l1", decode_from="sample", edge_weight=a.edge_weight,
         train_only="decoder"))  # encoder + quant_conv stay fixed: the UNet's latents
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
     return c
