@@ -5,9 +5,10 @@
 Why: the UNet depends only on the encoder (its latents), so the encoder is frozen at the
 end of stage 2 and the decoder keeps learning (sharper stars and crosses) in parallel with
 stage 3 -- what Stability's sd-vae-ft-mse did for SD. Two processes on 2 cores also get
-~1.4x the throughput of one. It ran in two rounds (tools/mini_recipe.py: vae_decoder,
-then vae_decoder_2 = this file with init_from=runs/mini/vae_decoder,steps=3000); the shipped
-VAE is the second round's EMA params.
+~1.4x the throughput of one. It runs in three rounds (tools/mini_recipe.py STAGE_ARGS):
+vae_decoder; vae_decoder_2 = this file with init_from=runs/mini/vae_decoder,steps=3000;
+vae_decoder_3 = init_from=runs/mini/vae_decoder_2,steps=3000,edge_weight=60 (plain L1
+left small stars as blobs). The shipped VAE is the third round's EMA params.
 Arg keys: init_from (the workdir to start from), dataset, steps, batch, seed, edge_weight
 (see diffjax/train/vae_trainer.vae_loss).
 """
