@@ -78,7 +78,9 @@ def make_vae_step(vae, *, kl_weight: float, recon_loss: str = "l1", ema_decay: f
     frozen: top-level param groups kept exactly as they are (e.g. the encoder, so that a
     decoder fine-tune keeps the latents a UNet was trained on, as sd-vae-ft-mse did);
     with the encoder frozen its output is a constant of the loss (stop_gradient), so no
-    backward pass runs through it.
+    backward pass runs through it, and its (discarded) gradient no longer counts in the
+    optimizer's clipped global norm (the mini recipe's decoder rounds 1-2 ran before this
+    change, round 3 after it).
     """
     if decode_from not in ("sample", "mean"):
         raise ValueError(f"decode_from must be 'sample' or 'mean', got {decode_from!r}")
