@@ -148,6 +148,9 @@ def unet_flops_xla(unet_cfg, params, x, t, ctx) -> float:
 def jaxpr_flops(fn, *args) -> float:
     """Analytic FLOPs: 2 x MACs of every dot_general and conv in the jaxpr (incl. scans)."""
     import jax
+    import jax.extend.core
+    # jax.core.jaxprs_in_params is deprecated in jax 0.10 for jax.extend.core's
+    sub_jaxprs = getattr(jax.extend.core, "jaxprs_in_params", None) or jax.core.jaxprs_in_params
 
     def count(jaxpr, mult=1.0):
         total = 0.0
@@ -166,7 +169,7 @@ def jaxpr_flops(fn, *args) -> float:
                 kernel_spatial = np.prod([rhs[d] for d in dn.rhs_spec[2:]])
                 in_per_group = rhs[dn.rhs_spec[1]]
                 total += mult * 2.0 * np.prod(out) * kernel_spatial * in_per_group
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in sub_jaxprs(eqn.params):
                 inner = mult * (eqn.params["length"] if name == "scan" else 1)
                 total += count(sub, inner)
         return total
