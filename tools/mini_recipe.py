@@ -221,10 +221,8 @@ def clip_ranking(clip, n: int) -> dict:
                                                                         ex[i]["colour"]):
             j += 1
         other.append(ex[j % len(ex)]["caption"])
-    # clip_score's 100 * max(cos, 0), with each render's image embedding computed once
-    img = clip.image_embeds(images)
-    s_own, s_other = (100.0 * np.maximum(np.sum(img * clip.text_embeds(c), -1), 0.0)
-                      for c in (own, other))
+    img = clip.image_embeds(images)  # once, for both captions
+    s_own, s_other = (clip.score_of_embeds(img, clip.text_embeds(c)) for c in (own, other))
     return {"pairs": n, "own_above_mismatched": float(np.mean(s_own > s_other)),
             "mean_score_own": float(s_own.mean()), "mean_score_mismatched":
             float(s_other.mean())}
@@ -245,10 +243,8 @@ def clip_position_ranking(clip, n: int) -> dict:
     rng = np.random.default_rng(0)
     wheres = [S.where_phrase(p, rng) for p in S.POSITIONS]
     captions = [f"a {e['size']} {e['colour']} {e['shape']} {w}" for e in ex for w in wheres]
-    # clip_score's 100 * max(cos, 0), with each render's image embedding computed once
-    cos = np.einsum("np,nkp->nk", clip.image_embeds(images),
-                    clip.text_embeds(captions).reshape(n, len(wheres), -1))
-    scores = 100.0 * np.maximum(cos, 0.0)
+    scores = clip.score_of_embeds(clip.image_embeds(images)[:, None],  # [n, 9]
+                                  clip.text_embeds(captions).reshape(n, len(wheres), -1))
     own = np.array([S.POSITIONS.index(e["position"]) for e in ex])
     col = own % 3
     rows = np.stack([col, col + 3, col + 6], 1)  # the three cells of each render's column

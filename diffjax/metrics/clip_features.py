@@ -145,14 +145,20 @@ class CLIPFeatures:
         e = self._batched(self._text, self.text_params, ids, batch)
         return e / np.linalg.norm(e, axis=-1, keepdims=True)
 
+    @staticmethod
+    def score_of_embeds(image_embeds, text_embeds) -> np.ndarray:
+        """CLIP score 100 * max(cos, 0) of unit-norm embeddings [..., P] (broadcast): lets a
+        caller that scores one image against several captions embed the image once."""
+        return 100.0 * np.maximum(np.sum(image_embeds * text_embeds, -1), 0.0)
+
     def clip_score(self, images, captions) -> np.ndarray:
         """Per-pair CLIP score, 100 * max(cos(image, caption), 0) [N] (Hessel et al.)."""
         images, captions = list(images), list(captions)
         if len(images) != len(captions) or not images:
             raise ValueError(f"clip_score needs as many images as captions (> 0), got "
                              f"{len(images)} and {len(captions)}")
-        cos = np.sum(self.image_embeds(np.stack(images)) * self.text_embeds(captions), -1)
-        return 100.0 * np.maximum(cos, 0.0)
+        return self.score_of_embeds(self.image_embeds(np.stack(images)),
+                                    self.text_embeds(captions))
 
     def frechet_features(self, images, batch: int = 256) -> np.ndarray:
         """The pooled (pre-projection) image features FID-style metrics compare [N, D]."""

@@ -77,18 +77,17 @@ def make_vae_step(vae, *, kl_weight: float, recon_loss: str = "l1", ema_decay: f
     mini VAE: "mean" was not faster than "sample" over 400 steps, so the recipe samples.
     frozen: top-level param groups kept exactly as they are (e.g. the encoder, so that a
     decoder fine-tune keeps the latents a UNet was trained on, as sd-vae-ft-mse did);
-    with the encoder frozen its output is a constant of the loss (stop_gradient), so no
-    backward pass runs through it, and its (discarded) gradient no longer counts in the
-    optimizer's clipped global norm (the mini recipe's decoder rounds 1-2 ran before this
-    change, round 3 after it).
+    they enter the loss under stop_gradient, so no backward pass runs through them and
+    their (discarded) gradient no longer counts in the optimizer's clipped global norm (the
+    mini recipe's decoder rounds 1-2 ran before this change, round 3 after it).
     """
     if decode_from not in ("sample", "mean"):
         raise ValueError(f"decode_from must be 'sample' or 'mean', got {decode_from!r}")
     def with_tx(tx: optax.GradientTransformation):
         def loss_fn(params, x, key):
+            params = {k: jax.lax.stop_gradient(v) if k in frozen else v
+                      for k, v in params.items()}
             post = vae.apply({"params": params}, x, method=vae.encode)
-            if "encoder" in frozen:
-                post = jax.tree.map(jax.lax.stop_gradient, post)
             z = post.sample(key) if decode_from == "sample" else post.mean
             recon = vae.apply({"params": params}, z, method=vae.decode)
             return vae_loss(recon, x, post.mean, post.logvar, kl_weight=kl_weight,
