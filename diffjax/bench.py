@@ -284,8 +284,13 @@ def _decode_time(pipe, b, lh, lw, repeats) -> float:
 
 def _diffusers_unet(comps, params, x, t, ctx, spec):
     """(blocking call of diffusers' UNet2DConditionModel on the same weights, batch and
-    precision, torch's thread count); warmed up once."""
+    precision, on the same kind of device as JAX's, torch's thread count); warmed up once.
+
+    On a GPU both frameworks share the card: run with XLA_PYTHON_CLIENT_PREALLOCATE=false
+    (or a smaller XLA_PYTHON_CLIENT_MEM_FRACTION) so that torch finds memory.
+    """
     import diffusers
+    import jax
     import torch
 
     from diffjax.weights.unet import unet_config_to_diffusers, unet_params_to_state_dict
@@ -295,13 +300,21 @@ def _diffusers_unet(comps, params, x, t, ctx, spec):
     ref.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32))
                          for k, v in unet_params_to_state_dict(params, comps.unet_config).items()})
     dt = torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32
-    ref = ref.to(dt)
-    tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(dt)
-    tt = torch.from_numpy(np.asarray(t))
-    tc = torch.from_numpy(np.asarray(ctx)).to(dt)
+    on_gpu = jax.default_backend() == "gpu"
+    if on_gpu and not torch.cuda.is_available():
+        raise RuntimeError("JAX runs on a GPU but torch sees no CUDA device: a CPU-vs-GPU "
+                           "ratio would mean nothing; install a CUDA build of torch")
+    dev = torch.device("cuda" if on_gpu else "cpu")
+    ref = ref.to(dev, dt)
+    tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(dev, dt)
+    tt = torch.from_numpy(np.asarray(t)).to(dev)
+    tc = torch.from_numpy(np.asarray(ctx)).to(dev, dt)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
     def call():
         with torch.inference_mode():
             ref(tx, tt, tc)
+        sync()
     call()
     return call, torch.get_num_threads()
 
