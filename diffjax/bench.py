@@ -129,20 +129,39 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def flat_unet_fn(unet_cfg):
+    """`(params, x, t, ctx) -> eps` of the UNet with the loop-free "xla" attention: what
+    both FLOP counts read. The same arithmetic as every attention kernel, but visible: the
+    chunked kernel is a loop (counted once by XLA) and cuDNN's is one opaque primitive
+    (no dot_general in the jaxpr: the analytic count on an H100 missed 16%)."""
+    from diffjax.models.unet import UNet2DConditionModel
+    flat = UNet2DConditionModel(dataclasses.replace(unet_cfg, attention_impl="xla"))
+    return lambda p, x, t, c: flat.apply({"params": p}, x, t, c)
+
+
 def unet_flops_xla(unet_cfg, params, x, t, ctx) -> float:
     """FLOPs of one UNet call by XLA's cost analysis, of the UNet lowered with the
     loop-free "xla" attention (lowered, not compiled: no second compile).
 
     Why not the benchmarked executable's own count: XLA counts a loop's body once, and the
     chunked attention (CPU's "auto") is a lax.map over query blocks, so its count missed
-    all but one block of every large self-attention. The arithmetic is the same."""
+    all but one block of every large self-attention. The arithmetic is the same.
+    Backends without a cost analysis before compilation (the GPU's, jaxlib 0.11.2: NaN on
+    an H100) get the compiled flat UNet's count (one more compile, not run)."""
     import jax
+    lowered = jax.jit(flat_unet_fn(unet_cfg)).lower(params, x, t, ctx)
+    flops = _cost_flops(lowered.cost_analysis())
+    if flops is None:
+        flops = _cost_flops(lowered.compile().cost_analysis())
+    return float("nan") if flops is None else flops
 
-    from diffjax.models.unet import UNet2DConditionModel
-    flat = UNet2DConditionModel(dataclasses.replace(unet_cfg, attention_impl="xla"))
-    lowered = jax.jit(lambda p, x, t, c: flat.apply({"params": p}, x, t, c)).lower(
-        params, x, t, ctx)
-    return float((lowered.cost_analysis() or {}).get("flops", float("nan")))
+
+def _cost_flops(cost) -> float | None:
+    """"flops" of a cost analysis (a dict, or a list of one dict in older jax), or None."""
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return None if flops is None or not np.isfinite(flops) or flops <= 0 else float(flops)
 
 
 def jaxpr_flops(fn, *args) -> float:
@@ -232,8 +251,7 @@ def run_bench(spec: BenchSpec) -> dict:
         compiled_unet = unet_fn.lower(params, x, t, ctx).compile()
         unet_compile = time.perf_counter() - t0
         xla_flops = unet_flops_xla(unet_cfg, params, x, t, ctx)
-        analytic = jaxpr_flops(lambda p, x, t, c: unet.apply({"params": p}, x, t, c),
-                               params, x, t, ctx)
+        analytic = jaxpr_flops(flat_unet_fn(unet_cfg), params, x, t, ctx)
         ours = lambda: compiled_unet(params, x, t, ctx).block_until_ready()  # noqa: E731
         theirs = (_diffusers_unet(comps, params, x, t, ctx, spec) if spec.vs == "diffusers"
                   else None)

@@ -61,19 +61,38 @@ def sigmas_from_alphas_cumprod(alphas_cumprod) -> np.ndarray:
     return np.where(np.isfinite(s), s, 4096.0)
 
 
+def interp_loop_free(x, xp, fp):
+    """`jnp.interp(x, xp, fp)` (xp increasing; clamped outside it) with no loop and no
+    dynamic index: the interval is a count of xp <= x and its ends are one-hot sums.
+
+    Why: jnp.interp's searchsorted is a while loop whose result indexes xp; inside the
+    sampler's scan, XLA's GPU compiler (jaxlib 0.11.2, H100) fails on that index
+    ("Failed to evaluate instruction (min.2) since it depends on ... parameters"). A
+    1000-entry compare per step costs nothing beside a UNet call.
+    """
+    x = jnp.asarray(x)
+    n = xp.shape[0]
+    i = jnp.clip(jnp.sum(xp <= x[..., None], axis=-1) - 1, 0, n - 2)
+    pick = (jnp.arange(n - 1) == i[..., None]).astype(xp.dtype)
+    x0, x1 = (pick * xp[:-1]).sum(-1), (pick * xp[1:]).sum(-1)
+    f0, f1 = (pick * fp[:-1]).sum(-1), (pick * fp[1:]).sum(-1)
+    w = jnp.clip((x - x0) / (x1 - x0), 0.0, 1.0)
+    return f0 + w * (f1 - f0)
+
+
 def sigma_to_t(sigma, train_sigmas):
     """Continuous timestep of `sigma`: linear interpolation in log-sigma (k-diffusion),
     exact at the training sigmas. Works on traced values."""
     log_sigmas = jnp.log(jnp.asarray(train_sigmas, jnp.result_type(float)))
     t = jnp.arange(log_sigmas.shape[0], dtype=log_sigmas.dtype)
-    return jnp.interp(jnp.log(jnp.maximum(sigma, 1e-10)), log_sigmas, t)
+    return interp_loop_free(jnp.log(jnp.maximum(sigma, 1e-10)), log_sigmas, t)
 
 
 def t_to_sigma(t, train_sigmas):
     """Inverse of sigma_to_t: log-sigma interpolated at continuous t."""
     log_sigmas = jnp.log(jnp.asarray(train_sigmas, jnp.result_type(float)))
     grid = jnp.arange(log_sigmas.shape[0], dtype=log_sigmas.dtype)
-    return jnp.exp(jnp.interp(t, grid, log_sigmas))
+    return jnp.exp(interp_loop_free(t, grid, log_sigmas))
 
 
 # ----------------------------------------------------------------------------------------
