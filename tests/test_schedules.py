@@ -148,3 +148,20 @@ def test_named_errors():
         schedules.betas_for("cosine")
     with pytest.raises(ValueError, match="timestep spacing 'even' is not one of"):
         schedules.timesteps_for("even", 5)
+
+
+def test_interp_loop_free_equals_jnp_interp():
+    """The sampler's sigma -> t interpolation (no searchsorted loop: jaxlib 0.11.2's GPU
+    compiler failed on it inside a scan) is jnp.interp, inside, at the knots and clamped
+    outside; 1e-6 relative: the same two-point formula, float32 rounding."""
+    import jax.numpy as jnp
+
+    from diffjax.diffusion.schedules import interp_loop_free
+    rng = np.random.default_rng(0)
+    xp = jnp.asarray(np.sort(rng.normal(size=200)), jnp.float32)
+    fp = jnp.asarray(rng.normal(size=200), jnp.float32)
+    x = jnp.concatenate([jnp.asarray(rng.normal(size=300) * 2, jnp.float32), xp[:5],
+                         jnp.asarray([-50.0, 50.0], jnp.float32)]).reshape(-1, 1, 1)
+    got, want = interp_loop_free(x, xp, fp), jnp.interp(x, xp, fp)
+    assert got.shape == want.shape == x.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
