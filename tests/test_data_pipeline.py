@@ -92,28 +92,6 @@ def test_resize_crop_flip_and_caption_dropout():
     assert set(batch["caption"]) == {"", "x"}
 
 
-def test_alt_caption_adds_ids_alt_and_changes_nothing_else(shapes_source):
-    base = P.PipelineConfig(batch_size=40, resolution=32, seed=1, caption_dropout=0.2)
-    alt = P.PipelineConfig(batch_size=40, resolution=32, seed=1, caption_dropout=0.2,
-                           alt_caption="shapes_colour_swap", alt_caption_prob=0.5)
-    a = next(iter(P.make_dataset(shapes_source, base, _fake_tokenize)))
-    b = next(iter(P.make_dataset(shapes_source, alt, _fake_tokenize)))
-    assert _same(a, b) and "ids_alt" not in a  # the alternative draws its rng last
-    swapped = b["caption_alt"] != b["caption"]
-    # 40 examples, ~8 dropped, half of the rest swapped: binomial(32, 0.5) in [6, 26].
-    assert 6 <= swapped.sum() <= 26
-    for cap, other in zip(b["caption"][swapped], b["caption_alt"][swapped]):
-        assert S.parse_caption(cap)["shape"] == S.parse_caption(other)["shape"]
-        assert S.parse_caption(cap)["colour"] != S.parse_caption(other)["colour"]
-    assert np.array_equal(b["ids_alt"], _fake_tokenize(list(b["caption_alt"])))
-    with pytest.raises(ValueError, match="alt_caption 'colour' is not one of"):
-        P.PipelineConfig(batch_size=1, resolution=8, alt_caption="colour")
-    with pytest.raises(KeyError, match="needs the example's 'shape'"):
-        next(iter(P.make_dataset(_memory_source(2), P.PipelineConfig(
-            batch_size=2, resolution=8, alt_caption="shapes_colour_swap",
-            alt_caption_prob=1.0))))
-
-
 def test_global_batch_is_sharded_over_the_mesh(shapes_source):
     mesh = Mesh(np.array(jax.devices()).reshape(8), ("data",))
     sharding = NamedSharding(mesh, PartitionSpec("data"))

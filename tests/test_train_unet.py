@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffjax.data import builders
-from diffjax.train.unet_trainer import splice_context, train_and_evaluate
+from diffjax.train.unet_trainer import train_and_evaluate
 
 
 def _config(dataset, steps, batch=8):
@@ -18,7 +18,6 @@ def _config(dataset, steps, batch=8):
     spec.loader.exec_module(mod)
     c = mod.get_config(f"steps={steps},batch={batch}")
     c.data.dataset = dataset
-    c.data.alt_caption, c.data.alt_caption_prob = "shapes_colour_swap", 0.5  # wiring exercised
     c.optimizer.warmup_steps = 1
     c.train.save_every = 2
     return c
@@ -106,13 +105,3 @@ def test_init_from_takes_a_finished_runs_ema_unet(dp_run):
     with pytest.raises(ValueError, match=r"\['conv_in'\]\['kernel'\] has shape \(3, 3, 4, "
                                          r"\d+\), .* expects \(3, 3, 4, 7\)"):
         _initial_unet_params(c, comps)
-
-
-def test_splice_context_takes_the_alternative_after_the_first_difference():
-    ids = np.array([[1, 5, 7, 8, 2, 2], [1, 5, 7, 8, 2, 2], [1, 6, 7, 9, 2, 2]])
-    alt = np.array([[1, 5, 7, 8, 2, 2], [1, 5, 3, 8, 2, 2], [1, 4, 7, 3, 2, 2]])
-    ctx, ctx_alt = np.zeros((3, 6, 2)), np.ones((3, 6, 2))
-    got = np.asarray(splice_context(ctx, ctx_alt, ids, alt))[..., 0]
-    np.testing.assert_array_equal(got, [[0, 0, 0, 0, 0, 0],    # same ids: own states
-                                        [0, 0, 0, 1, 1, 1],    # swap at 2: alt after it
-                                        [0, 0, 1, 1, 1, 1]])   # later differences: alt

@@ -7,9 +7,7 @@ The same trainer and step as any SD fine-tune (configs/train/unet.py): epsilon t
 SD's scaled-linear schedule, min-SNR-5 weighting, 10% caption dropout for CFG. The shipped
 model is the EMA params after 14,000 steps of 32 (one cosine schedule). Arg keys: model
 (the assembled base folder), init_from (a finished UNet run's workdir to continue from:
-fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch, seed,
-colour_swap (probability of conditioning on the caption spliced with a colour-swapped
-copy after the colour word: `unet_trainer.splice_context`; 0 = off).
+fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch, seed.
 """
 
 import ml_collections
@@ -21,7 +19,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 def get_config(arg=None):
     a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
-                  steps=14000, batch=32, seed=0, colour_swap=0.0)
+                  steps=14000, batch=32, seed=0)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"
     c.seed = a.seed
@@ -29,9 +27,7 @@ def get_config(arg=None):
     c.data = ml_collections.ConfigDict(dict(
         dataset=a.dataset, split="train", data_dir="", resolution=32, batch_size=a.batch,
         crop="center", flip=False, caption_dropout=0.1,
-        image_key="image", caption_key="caption",
-        alt_caption="shapes_colour_swap" if a.colour_swap else "",
-        alt_caption_prob=a.colour_swap))
+        image_key="image", caption_key="caption"))
     c.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=a.lr, warmup_steps=200, total_steps=a.steps, schedule="cosine",
         end_lr_fraction=0.05, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))

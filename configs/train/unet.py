@@ -23,8 +23,6 @@ def get_config(arg=None):
         split="train", data_dir="", resolution=32, batch_size=a.batch,  # global batch
         crop="center", flip=False,  # no flip on shapes: "left"/"right" are in the captions
         caption_dropout=0.1,        # for classifier-free guidance
-        alt_caption="",             # e.g. "shapes_colour_swap" (data.pipeline.ALT_CAPTIONS)
-        alt_caption_prob=0.0,       # ... conditioning spliced with it (unet_trainer)
         image_key="image", caption_key="caption"))
     c.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=1e-3, warmup_steps=100, total_steps=a.steps, schedule="cosine",

@@ -33,10 +33,6 @@ class PipelineConfig:
     caption_dropout: float = 0.0  # probability of replacing the caption by "" (for CFG)
     image_key: str = "image"
     caption_key: str = "caption"
-    # An alternative caption per example (key of ALT_CAPTIONS; "" for none), made with
-    # probability alt_caption_prob (else the caption itself) and tokenized as "ids_alt".
-    alt_caption: str = ""
-    alt_caption_prob: float = 0.0
     num_epochs: int | None = None  # None: repeat forever
     drop_remainder: bool = True
 
@@ -49,34 +45,6 @@ class PipelineConfig:
             raise ValueError(f"crop must be 'center' or 'random', got {self.crop!r}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
-        if self.alt_caption and self.alt_caption not in ALT_CAPTIONS:
-            raise ValueError(f"alt_caption {self.alt_caption!r} is not one of "
-                             f"{sorted(ALT_CAPTIONS)}")
-        if not 0.0 <= self.alt_caption_prob <= 1.0:
-            raise ValueError(f"alt_caption_prob must be in [0, 1], got {self.alt_caption_prob}")
-
-
-def _label(value, names: Sequence[str]) -> str:
-    """A class-label feature as its name (tfds sources store the index)."""
-    value = _caption_text(value) if isinstance(value, (bytes, str)) else int(value)
-    return value if isinstance(value, str) else names[value]
-
-
-def shapes_colour_swap(example: dict, caption: str, rng: np.random.Generator) -> str:
-    """`shapes.colour_swapped_caption` of a `shapes` example (needs its shape and colour)."""
-    from diffjax.data import shapes
-    for key in ("shape", "colour"):
-        if key not in example:
-            raise KeyError(f"alt_caption 'shapes_colour_swap' needs the example's {key!r} "
-                           f"feature; it has {sorted(example)}")
-    return shapes.colour_swapped_caption(caption, _label(example["shape"], shapes.SHAPES),
-                                         _label(example["colour"], tuple(shapes.COLOURS)), rng)
-
-
-# Alternative-caption makers by name: (example, caption after dropout, rng) -> caption.
-ALT_CAPTIONS: dict[str, Callable[[dict, str, np.random.Generator], str]] = {
-    "shapes_colour_swap": shapes_colour_swap,
-}
 
 
 def resize_and_crop(image: np.ndarray, resolution: int, rng: np.random.Generator | None,
@@ -126,20 +94,14 @@ def _preprocess(cfg: PipelineConfig) -> Callable:
         if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
             caption = ""
         pixels = image.astype(np.float32) / 127.5 - 1.0  # [-1, 1], what the VAE expects
-        out = {"image": pixels, "caption": caption}
-        if cfg.alt_caption:  # drawn last: without it the stream of draws is unchanged
-            alt = (ALT_CAPTIONS[cfg.alt_caption](example, caption, rng)
-                   if rng.random() < cfg.alt_caption_prob else caption)
-            out["caption_alt"] = alt
-        return out
+        return {"image": pixels, "caption": caption}
     return fn
 
 
 def make_dataset(source: Sequence[dict], cfg: PipelineConfig,
                  tokenize: Callable[[list[str]], np.ndarray] | None = None, *,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Batches {"image": f32 [B, R, R, 3] in [-1, 1], "caption": str [B], "ids": [B, L]}
-    (plus "caption_alt" and "ids_alt" when cfg.alt_caption is set).
+    """Batches {"image": f32 [B, R, R, 3] in [-1, 1], "caption": str [B], "ids": [B, L]}.
 
     `tokenize(list_of_str) -> int array [n, L]` (e.g. `diffjax.text.load_tokenizer()`); ids
     are omitted when it is None. Each process reads the slice process_index::process_count
@@ -156,10 +118,8 @@ def make_dataset(source: Sequence[dict], cfg: PipelineConfig,
     ds = ds.random_map(_preprocess(cfg), seed=cfg.seed * 1009 + process_index + 1)
     if tokenize is not None:
         def add_ids(ex):
-            if "caption_alt" not in ex:
-                return {**ex, "ids": np.asarray(tokenize([ex["caption"]]))[0]}
-            ids = np.asarray(tokenize([ex["caption"], ex["caption_alt"]]))
-            return {**ex, "ids": ids[0], "ids_alt": ids[1]}
+            ids = np.asarray(tokenize([ex["caption"]]))
+            return {**ex, "ids": ids[0]}
         ds = ds.map(add_ids)
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
     return ds.to_iter_dataset()

@@ -249,27 +249,6 @@ def make_caption(spec: ShapeSpec, rng: np.random.Generator) -> str:
     return caption
 
 
-def colour_swapped_caption(caption: str, shape: str, colour: str,
-                           rng: np.random.Generator) -> str:
-    """`caption` with its colour word replaced by another colour, drawn from rng among the
-    colours whose pair with `shape` is seen in training (so no held-out pair ever appears,
-    not even as text); the caption unchanged when it names no colour (e.g. dropped).
-
-    Why: the UNet's training captions always name the colour right before the shape, so
-    the causal text tower's states from the shape word on mix the two; the model learned
-    to read both from those mixed states and draws an unseen mix ("purple star") as a seen
-    one (a purple triangle). Conditioning that keeps the true caption's states up to the
-    colour word and takes the swapped caption's after it (`unet_trainer.splice_context`)
-    teaches it to read the colour from the colour word and the shape whatever colour the
-    later states mix in.
-    """
-    if not re.search(rf"\b{re.escape(colour)}\b", caption):
-        return caption
-    others = [c for c in COLOURS if c != colour and (shape, c) not in HELDOUT_SHAPE_COLOUR]
-    new = others[rng.integers(len(others))]
-    return re.sub(rf"\b{re.escape(colour)}\b", new, caption, count=1)
-
-
 def example(split: str, index: int, resolution: int = 32) -> dict:
     """Example `index` of `split`: image (uint8 HWC), caption, attributes, held-out flag."""
     spec = sample_spec(split, index)

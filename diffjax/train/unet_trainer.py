@@ -57,21 +57,6 @@ def _initial_unet_params(c, comps):
     return load_params_like(init_from, comps.unet_params, "model.init_from")
 
 
-def splice_context(context, context_alt, ids, ids_alt):
-    """Text states of `ids` up to and including their first token that differs from
-    `ids_alt`, of `ids_alt` after it; `context` itself where the two agree everywhere.
-
-    With `ids_alt` a caption whose attribute word was swapped (`data.alt_caption`), the
-    UNet sees the true word's own state but states after it that mix in another word: it
-    learns to read each attribute where it is written (see
-    `shapes.colour_swapped_caption`). [B, L, D] contexts, [B, L] ids.
-    """
-    differs = ids != ids_alt
-    seen = jnp.cumsum(differs, axis=1)
-    after = (seen > 0) & ~(differs & (seen == 1))   # a later differing token is "after"
-    return jnp.where(after[..., None], context_alt, context)
-
-
 def train_and_evaluate(config, workdir: str):
     """Train config.train.num_steps UNet updates; resumes from workdir's latest checkpoint.
 
@@ -98,9 +83,7 @@ def train_and_evaluate(config, workdir: str):
     pcfg = pipeline.PipelineConfig(
         batch_size=c.data.batch_size // jax.process_count(), resolution=c.data.resolution,
         seed=c.seed, crop=c.data.crop, flip=c.data.flip, caption_dropout=c.data.caption_dropout,
-        image_key=c.data.image_key, caption_key=c.data.caption_key,
-        alt_caption=c.data.get("alt_caption", ""),
-        alt_caption_prob=c.data.get("alt_caption_prob", 0.0))
+        image_key=c.data.image_key, caption_key=c.data.caption_key)
 
     def batches():
         return iter(pipeline.make_dataset(source, pcfg, tokenizer,
@@ -125,11 +108,7 @@ def train_and_evaluate(config, workdir: str):
     def full_step(state, frozen, batch, key):
         latents = vae.apply({"params": frozen["vae"]}, batch["image"],
                             method=AutoencoderKL.encode).mean * scaling
-        encode = lambda ids: text.apply({"params": frozen["text"]}, ids).context  # noqa
-        context = encode(batch["ids"])
-        if "ids_alt" in batch:
-            context = splice_context(context, encode(batch["ids_alt"]), batch["ids"],
-                                     batch["ids_alt"])
+        context = text.apply({"params": frozen["text"]}, batch["ids"]).context
         return inner(state, {"x0": jax.lax.stop_gradient(latents),
                              "context": jax.lax.stop_gradient(context)}, key)
 
@@ -139,8 +118,6 @@ def train_and_evaluate(config, workdir: str):
     state_shardings = unet_state_shardings(unet, comps, tx, state, mesh)
     batch_spec = {"image": sharding.batch_sharding(mesh, 4),
                   "ids": sharding.batch_sharding(mesh, 2)}
-    if pcfg.alt_caption:
-        batch_spec["ids_alt"] = sharding.batch_sharding(mesh, 2)
     jitted = jax.jit(full_step, in_shardings=(state_shardings, repl, batch_spec, repl),
                      out_shardings=(state_shardings, repl), donate_argnums=0)
     state = jax.device_put(state, state_shardings)
