@@ -140,28 +140,29 @@ def flat_unet_fn(unet_cfg):
 
 
 def unet_flops_xla(unet_cfg, params, x, t, ctx) -> float:
-    """FLOPs of one UNet call by XLA's cost analysis, of the UNet lowered with the
-    loop-free "xla" attention (lowered, not compiled: no second compile).
+    """FLOPs of one UNet call by XLA's cost analysis of the UNet with the loop-free "xla"
+    attention, lowered for the CPU whatever the device (lowered, never compiled).
 
     Why not the benchmarked executable's own count: XLA counts a loop's body once, and the
     chunked attention (CPU's "auto") is a lax.map over query blocks, so its count missed
-    all but one block of every large self-attention. The arithmetic is the same.
-    Backends without a cost analysis before compilation (the GPU's, jaxlib 0.11.2: NaN on
-    an H100) get the compiled flat UNet's count (one more compile, not run)."""
+    all but one block of every large self-attention; cuDNN's attention is a custom call.
+    Why the CPU lowering: the GPU backend gives no analysis before compilation (NaN on an
+    H100, jaxlib 0.11.2), and compiling the flat UNet there would materialise every
+    attention matrix (SD1.5, batch 16 with CFG: 17 GB of float32 logits per 64x64
+    self-attention). The arithmetic is the same on every backend. NaN where no CPU backend
+    is initialised (JAX_PLATFORMS without cpu)."""
     import jax
-    lowered = jax.jit(flat_unet_fn(unet_cfg)).lower(params, x, t, ctx)
-    flops = _cost_flops(lowered.cost_analysis())
-    if flops is None:
-        flops = _cost_flops(lowered.compile().cost_analysis())
-    return float("nan") if flops is None else flops
-
-
-def _cost_flops(cost) -> float | None:
-    """"flops" of a cost analysis (a dict, or a list of one dict in older jax), or None."""
-    if isinstance(cost, (list, tuple)):
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                            (params, x, t, ctx))
+    try:
+        lowered = jax.jit(flat_unet_fn(unet_cfg)).trace(*abstract).lower(
+            lowering_platforms=("cpu",))
+        cost = lowered.cost_analysis()
+    except RuntimeError:
+        return float("nan")
+    if isinstance(cost, (list, tuple)):   # older jax: one dict per computation
         cost = cost[0] if cost else None
-    flops = (cost or {}).get("flops")
-    return None if flops is None or not np.isfinite(flops) or flops <= 0 else float(flops)
+    return float((cost or {}).get("flops", float("nan")))
 
 
 def jaxpr_flops(fn, *args) -> float:
