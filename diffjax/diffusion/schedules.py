@@ -62,7 +62,7 @@ def sigmas_from_alphas_cumprod(alphas_cumprod) -> np.ndarray:
 
 
 def interp_loop_free(x, xp, fp):
-    """`jnp.interp(x, xp, fp)` (xp increasing; clamped outside it) with no loop and no
+    """`jnp.interp(x, xp, fp)` (xp strictly increasing; clamped outside it) with no loop, no
     dynamic index: the interval is a count of xp <= x and its ends are one-hot sums.
 
     Why: jnp.interp's searchsorted is a while loop whose result indexes xp; inside the
