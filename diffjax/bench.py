@@ -9,8 +9,9 @@ for accelerators, a matmul probe on CPU). `--vs diffusers` times diffusers' PyTo
 with the same weights, batch and precision in the same process, call by call interleaved
 with ours (so load on the machine hits both alike). `startup = true` also measures what a
 user waits for: a fresh process building the first batch's sample executable with an
-empty persistent compilation cache (cold) and again with it filled (cached). Peak memory:
-the device's peak bytes in use where the backend reports it, and the process's peak RSS.
+empty persistent compilation cache (cold) and again with it filled (cached). Memory: XLA's
+planned temporaries of the UNet call and of the whole sample program (known before they
+run), the device's peak bytes in use where the backend reports it, the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -268,12 +269,15 @@ def run_bench(spec: BenchSpec) -> dict:
         vae_s = _decode_time(pipe, b, lh, lw, spec.repeats)
         from diffjax.diffusion.samplers import get_sampler
         nfe = get_sampler(spec.sampler).nfe(spec.steps)
+        from diffjax.pipeline import memory_plan
         row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
                    sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
                    nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),
                    images_per_s=b / sample_s, unet_flops_xla=xla_flops,
                    unet_flops_analytic=analytic,
-                   mfu=(analytic / unet_s / peak) if peak else None)
+                   mfu=(analytic / unet_s / peak) if peak else None,
+                   unet_temp_bytes=memory_plan(compiled_unet).get("temp_bytes"),
+                   sample_temp_bytes=pipe.memory_plan().get("temp_bytes"))
         if theirs is not None:
             row.update(diffusers_unet_call_s=times["theirs"],
                        diffjax_over_diffusers=unet_s / times["theirs"],
@@ -342,7 +346,8 @@ def markdown(result: dict) -> str:
     cols = ["batch", "unet_call_s", "sample_s", "vae_decode_s", "nfe", "loop_overhead",
             "images_per_s", "unet_compile_s", "sample_compile_s", "unet_flops_analytic",
             "unet_flops_xla", "mfu", "diffusers_unet_call_s", "diffjax_over_diffusers",
-            "host_peak_rss_bytes", "device_peak_bytes"]
+            "unet_temp_bytes", "sample_temp_bytes", "host_peak_rss_bytes",
+            "device_peak_bytes"]
     cols = [c for c in cols if any(c in r for r in result["rows"])]
     fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa
     lines = [f"# diffjax bench — {result['spec']['model']} on {result['device']} "

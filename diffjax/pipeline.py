@@ -223,6 +223,12 @@ class TextToImage:
         self._executable()
         return time.perf_counter() - t0
 
+    def memory_plan(self) -> dict:
+        """XLA's memory plan of the batch's sample program, in bytes (compiles if needed):
+        what its arguments, outputs and temporaries need, so a batch can be sized to the
+        device before it runs. Empty where the backend gives no analysis."""
+        return memory_plan(self._executable())
+
     def generate_local(self, prompts: Sequence[str], negatives: Sequence[str],
                        seeds: Sequence[int]):
         """One fixed-size batch. Returns (images [n, H, W, 3] float32 in [0, 1], positions
@@ -267,6 +273,16 @@ class TextToImage:
                     guidance_scale=s.guidance_scale, guidance_rescale=s.guidance_rescale,
                     width=self.width, height=self.height, model=self.components.name,
                     clip_skip=s.clip_skip, version=__version__)
+
+
+def memory_plan(compiled) -> dict:
+    """Bytes of a compiled executable's arguments, outputs and temporaries (XLA's plan)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    return {"argument_bytes": int(m.argument_size_in_bytes),
+            "output_bytes": int(m.output_size_in_bytes),
+            "temp_bytes": int(m.temp_size_in_bytes)}
 
 
 def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> TextToImage:

@@ -24,6 +24,9 @@ def test_bench_tiny_report(tmp_path):
     assert 0.9 < row["unet_flops_xla"] / row["unet_flops_analytic"] < 1.1
     assert np.isfinite(row["loop_overhead"]) and row["mfu"] > 0
     assert row["host_peak_rss_bytes"] > 0 and row["device_peak_bytes"] is None  # CPU: no stats
+    # XLA's planned temporaries (13.0 MB UNet call, 13.4 MB sample program here)
+    for key in ("unet_temp_bytes", "sample_temp_bytes"):
+        assert 0 < row[key] < row["host_peak_rss_bytes"], key
     # Two fresh processes, an empty then a filled persistent cache: the fields are there and
     # the filled cache serves the executable (loading it is far cheaper than compiling).
     s = result["startup"]
