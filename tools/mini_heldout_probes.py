@@ -1,0 +1,162 @@
+"""Why does diffjax-mini miss held-out (shape, colour) pairs? The three probes behind
+experiments/results/mini/README.md ("Held-out combinations"), rerunnable on any model:
+
+    python tools/mini_heldout_probes.py pairs   [--model mini] [--n 300]
+    python tools/mini_heldout_probes.py splice  [--model mini] [--seeds 16]
+    python tools/mini_heldout_probes.py states  [--model mini]
+
+`pairs`: shape accuracy (oracle) per held-out pair on `holdout` captions 500..500+n (seeds
+the same), kept apart from `mini_recipe.py evaluate`'s 0..499 so nothing is tuned on it;
+and the shapes drawn instead.
+`splice`: the UNet conditioned on the text-tower states of one caption up to and including
+its colour word and of another caption after it: where does the UNet read colour and
+shape from?
+`states`: cosine between the text tower's states at the shape token (and at the last
+word) of "a large {colour} {shape} in the center" for held-out pairs and their nearest
+seen neighbours, at each clip_skip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLICES = (  # (caption up to the colour word, caption after it)
+    ("a large purple star in the center on a white background",) * 2,
+    ("a large purple star in the center on a white background",
+     "a large red star in the center on a white background"),
+    ("a large red star in the center on a white background",
+     "a large purple star in the center on a white background"),
+    ("a large red square in the center on a white background",
+     "a large blue square in the center on a white background"),
+)
+
+
+def _pipeline(model: str, batch: int):
+    from diffjax.config import load_config
+    from diffjax.pipeline import load_pipeline
+    config = load_config(os.path.join(ROOT, "configs", "sample.py"), [])
+    config.batch_size = batch
+    return load_pipeline(model, config)
+
+
+def probe_pairs(model: str, n: int) -> dict:
+    """Shape accuracy per held-out (shape, colour) pair and over the (shape, position)
+    pairs; the most common substitutions."""
+    from diffjax.data import shapes as S
+    from diffjax.metrics import shapes_oracle
+    pipe = _pipeline(model, 100)
+    ex = [S.example("holdout", 500 + i, 32) for i in range(n)]
+    images = pipe([e["caption"] for e in ex], [500 + i for i in range(n)])
+    right, swaps = collections.defaultdict(list), collections.Counter()
+    for im, e in zip(images, ex):
+        if not S.parse_caption(e["caption"])["shape"]:
+            continue
+        drawn = shapes_oracle.analyze(im)["shape"]
+        pair = (f"{e['shape']}/{e['colour']}" if (e["shape"], e["colour"])
+                in S.HELDOUT_SHAPE_COLOUR else "(shape, position) pairs")
+        right[pair].append(drawn == e["shape"])
+        if drawn != e["shape"]:
+            swaps[f"{e['shape']} -> {drawn}"] += 1
+    return {"shape_right": {k: (round(float(np.mean(v)), 3), len(v))
+                            for k, v in sorted(right.items())},
+            "drawn_instead": dict(swaps.most_common(8))}
+
+
+def probe_splice(model: str, seeds: int) -> list:
+    """Shapes and colours the oracle reads on `seeds` images per splice of SPLICES."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffjax.diffusion.denoisers import cfg_model, vp_denoiser
+    from diffjax.diffusion.sample import sample
+    from diffjax.metrics import shapes_oracle
+    pipe = _pipeline(model, seeds)
+    text, unet, vae = pipe._modules()
+    spec, c = pipe.spec, pipe.components
+
+    def generate(params, ids_a, ids_b, neg, seed_ids):
+        encode = lambda i: text.apply({"params": params["text"]}, i,  # noqa: E731
+                                      clip_skip=spec.clip_skip).context
+        a, b = encode(ids_a), encode(ids_b)
+        # The colour word is the first token where the captions differ.
+        differs = ids_a != ids_b
+        after = (jnp.cumsum(differs, 1) > 0) & ~(differs & (jnp.cumsum(differs, 1) == 1))
+        context = jnp.where(after[..., None], b, a)
+        network = lambda x, t, ctx: unet.apply({"params": params["unet"]}, x, t, ctx)  # noqa
+        model_fn = cfg_model(network, spec.guidance_scale, spec.guidance_rescale)
+        denoise = vp_denoiser(model_fn, pipe.train_sigmas, c.scheduler["prediction_type"])
+        side = pipe.height // pipe.vae_factor
+        latents = sample(lambda x, s, cond: denoise(x, s, *cond),
+                         (side, side, c.unet_config.in_channels), seed_ids, spec.sampler,
+                         pipe.sigmas, cond=(context, encode(neg)),
+                         options=pipe._sampler_options(), init_scale="vp")
+        images = vae.apply({"params": params["vae"]}, latents / c.vae_config.scaling_factor,
+                           method=vae.decode)
+        return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+    run = jax.jit(generate)
+    ids = lambda caps: jnp.asarray(pipe.tokenizer.tokenize(caps).ids)  # noqa: E731
+    out = []
+    for a, b in SPLICES:
+        images = run(pipe.params, ids([a] * seeds), ids([b] * seeds), ids([""] * seeds),
+                     jnp.arange(seeds, dtype=jnp.uint32))
+        found = [shapes_oracle.analyze(np.asarray(im)) for im in images]
+        out.append({"up_to_colour": a, "after_colour": b,
+                    "shapes": dict(collections.Counter(f["shape"] for f in found)),
+                    "colours": dict(collections.Counter(f["colour"] for f in found))})
+    return out
+
+
+def probe_states(model: str) -> dict:
+    """Cosines of text-tower states between caption pairs that differ in the shape only."""
+    import jax.numpy as jnp
+
+    from diffjax.convert import load_components
+    from diffjax.models.clip import CLIPTextModel
+    from diffjax.text import load_tokenizer
+    c = load_components(model)
+    text, tok = CLIPTextModel(c.text_config), load_tokenizer(c.tokenizer_dir)
+    pairs = {"held-out purple star ~ purple triangle": ("purple star", "purple triangle"),
+             "held-out blue square ~ blue circle": ("blue square", "blue circle"),
+             "held-out green circle ~ green square": ("green circle", "green square"),
+             "seen red star ~ red diamond": ("red star", "red diamond")}
+    caps = [f"a large {w} in the center" for pair in pairs.values() for w in pair]
+    ids = jnp.asarray(tok.tokenize(caps).ids)
+    shape_pos, last_pos = 4, 7  # <start> a large COLOUR SHAPE in the CENTER
+    out = {}
+    for skip in range(c.text_config.num_hidden_layers + 1):
+        ctx = np.asarray(text.apply({"params": c.text_params}, ids, clip_skip=skip).context)
+        row = {}
+        for k, name in enumerate(pairs):
+            for pos, where in ((shape_pos, "shape token"), (last_pos, "last word")):
+                u, v = ctx[2 * k, pos], ctx[2 * k + 1, pos]
+                row.setdefault(where, {})[name] = round(
+                    float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)), 3)
+        out[f"clip_skip {skip}"] = row
+    return out
+
+
+def main(argv=None) -> int:
+    import json
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("probe", choices=("pairs", "splice", "states"))
+    p.add_argument("--model", default="mini", help="model name or folder")
+    p.add_argument("--n", type=int, default=300, help="pairs: held-out captions")
+    p.add_argument("--seeds", type=int, default=16, help="splice: images per splice")
+    a = p.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    result = {"pairs": lambda: probe_pairs(a.model, a.n),
+              "splice": lambda: probe_splice(a.model, a.seeds),
+              "states": lambda: probe_states(a.model)}[a.probe]()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
