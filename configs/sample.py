@@ -37,7 +37,7 @@ def get_config(arg=None):
     c.guidance_rescale = 0.0
     c.height = a.size               # 0 = the model's native size
     c.width = a.size
-    c.clip_skip = 0                 # 0 = last layer; 1 = penultimate
+    c.clip_skip = -1                # -1 = the model's own; 0 = last layer; 1 = penultimate
     c.batch_size = a.batch_size     # images per jitted call, over all devices (tail padded)
     c.dtype = "float32"             # network compute dtype; schedules are always float32
     c.attention = "auto"            # auto (per backend) | xla | cudnn | chunked

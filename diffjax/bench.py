@@ -229,7 +229,8 @@ def run_bench(spec: BenchSpec) -> dict:
     import jax.numpy as jnp
 
     from diffjax.convert import load_components
-    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.diffusion.samplers import get_sampler
+    from diffjax.pipeline import SampleSpec, TextToImage, memory_plan
     comps = load_components(spec.model, spec.dtype, spec.attention)
     peak, peak_source = device_peak(spec.dtype)
     rows = []
@@ -267,9 +268,7 @@ def run_bench(spec: BenchSpec) -> dict:
         prompts, seeds = ["a benchmark prompt"] * b, list(range(b))
         sample_s = _time(lambda: pipe(prompts, seeds), spec.repeats)
         vae_s = _decode_time(pipe, b, lh, lw, spec.repeats)
-        from diffjax.diffusion.samplers import get_sampler
         nfe = get_sampler(spec.sampler).nfe(spec.steps)
-        from diffjax.pipeline import memory_plan
         row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
                    sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
                    nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),

@@ -71,7 +71,7 @@ def components_to_json(c) -> dict:
     """Everything about a `Components` except its params and tokenizer files."""
     from diffjax import __version__
     out = dict(format=FORMAT, version=VERSION, diffjax_version=__version__, name=c.name,
-               scheduler=dict(c.scheduler))
+               scheduler=dict(c.scheduler), clip_skip=int(c.clip_skip))
     for config_field, _, _, _ in _items().values():
         out[config_field] = _config_to_json(getattr(c, config_field))
     return out
@@ -201,7 +201,7 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
         **{items[n][0]: configs[n] for n in items},
         **{items[n][1]: restored[n] for n in items},
         tokenizer_dir=tokenizer if os.path.isdir(tokenizer) else None,
-        scheduler=dict(meta["scheduler"]))
+        scheduler=dict(meta["scheduler"]), clip_skip=int(meta.get("clip_skip", 0)))
 
 
 # ------------------------------------------------------------------------ any source

@@ -289,7 +289,7 @@ class ImageToImage(TextToImage):
         from diffjax.diffusion.denoisers import cfg_model, vp_denoiser
         from diffjax.diffusion.sample import initial_noise, seed_keys
         from diffjax.diffusion.samplers import check_options, get_sampler
-        text, unet, vae = self._modules()
+        _, unet, vae = self._modules()
         spec, c = self.spec, self.components
         sf, f = c.vae_config.scaling_factor, self.vae_factor
         vae_vars = {"params": params["vae"]}
@@ -298,9 +298,7 @@ class ImageToImage(TextToImage):
         init_latent = encode_image(image)                      # [h, w, c]
         shape = init_latent.shape
 
-        encode = lambda i: text.apply({"params": params["text"]}, i,  # noqa: E731
-                                      clip_skip=spec.clip_skip).context
-        context, uncontext = encode(ids), encode(neg_ids)
+        context, uncontext = self.encode_text(params, ids), self.encode_text(params, neg_ids)
 
         if self.inpaint_unet:      # [latents, mask, masked-image latents], diffusers' order
             extra = jnp.concatenate([latent_mask(mask, f, "nearest"),

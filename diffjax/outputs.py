@@ -30,7 +30,9 @@ def a1111_parameters(meta: Mapping) -> str:
               ("Schedule type", meta.get("schedule")), ("CFG scale", meta.get("guidance_scale")),
               ("Seed", meta.get("seed")),
               ("Size", f"{meta['width']}x{meta['height']}" if "width" in meta else None),
-              ("Model", meta.get("model")), ("Clip skip", meta.get("clip_skip") or None),
+              ("Model", meta.get("model")),
+              # A1111 counts from 1 (its "Clip skip: 2" is diffusers' clip_skip=1)
+              ("Clip skip", meta["clip_skip"] + 1 if meta.get("clip_skip") else None),
               ("Guidance rescale", meta.get("guidance_rescale") or None),
               ("Version", f"diffjax {meta['version']}" if "version" in meta else None)]
     text = meta.get("prompt", "")

@@ -36,7 +36,7 @@ class SampleSpec:
     guidance_rescale: float = 0.0
     height: int = 0
     width: int = 0
-    clip_skip: int = 0
+    clip_skip: int = -1   # -1: the model's own (Components.clip_skip; 0 for public SD)
     batch_size: int = 8
     dtype: typing.Literal["float32", "bfloat16"] = "float32"
     attention: typing.Literal["auto", "xla", "cudnn", "chunked"] = "auto"
@@ -47,7 +47,7 @@ class SampleSpec:
         check_range("batch_size", self.batch_size, lo=1)
         check_range("guidance_scale", self.guidance_scale, lo=0.0)
         check_range("guidance_rescale", self.guidance_rescale, lo=0.0, hi=1.0)
-        check_range("clip_skip", self.clip_skip, lo=0)
+        check_range("clip_skip", self.clip_skip, lo=-1)
         check_range("height", self.height, lo=0)
         check_range("width", self.width, lo=0)
 
@@ -108,8 +108,9 @@ class TextToImage:
                 raise ConfigError(f"{name} {v} is not a multiple of {factor}, the model's "
                                   f"size factor (VAE x{self.vae_factor}, UNet "
                                   f"x{c.unet_config.downsample_factor})")
-        if spec.clip_skip >= c.text_config.num_hidden_layers:
-            raise ConfigError(f"clip_skip {spec.clip_skip} must be < the text encoder's "
+        self.clip_skip = spec.clip_skip if spec.clip_skip >= 0 else c.clip_skip
+        if self.clip_skip > c.text_config.num_hidden_layers:
+            raise ConfigError(f"clip_skip {self.clip_skip} must be <= the text encoder's "
                               f"{c.text_config.num_hidden_layers} layers")
         sched = c.scheduler
         ac = schedules.alphas_cumprod_for(sched["beta_schedule"], sched["num_train_timesteps"],
@@ -164,14 +165,23 @@ class TextToImage:
             opts["order"] = spec.order
         return opts
 
+    def encode_text(self, params, ids):
+        """Token ids [B, L] -> the UNet's context [B, L, D] (at the resolved clip_skip)."""
+        text, _, _ = self._modules()
+        return text.apply({"params": params["text"]}, ids, clip_skip=self.clip_skip).context
+
     def _generate(self, params, ids, neg_ids, seeds):
+        return self.generate_from_context(params, self.encode_text(params, ids),
+                                          self.encode_text(params, neg_ids), seeds)
+
+    def generate_from_context(self, params, context, uncontext, seeds):
+        """The sample program after the text encoder: (context, uncontext) [B, L, D] and
+        seeds [B] -> images (or latents). Separate so that studies can condition on
+        states no caption produces (tools/mini_heldout_probes.py splices two captions')."""
         from diffjax.diffusion.denoisers import cfg_model, vp_denoiser
         from diffjax.diffusion.sample import sample
-        text, unet, vae = self._modules()
+        _, unet, vae = self._modules()
         spec, c = self.spec, self.components
-        encode = lambda i: text.apply({"params": params["text"]}, i,  # noqa: E731
-                                      clip_skip=spec.clip_skip).context
-        context, uncontext = encode(ids), encode(neg_ids)
 
         def network(x, t, ctx):
             return unet.apply({"params": params["unet"]}, x, t, ctx)
@@ -179,8 +189,7 @@ class TextToImage:
         if spec.guidance_scale == 1.0:
             model = lambda x, t, ctx, unctx: network(x[None], t[None], ctx[None])[0]  # noqa
         else:
-            guided = cfg_model(network, spec.guidance_scale, spec.guidance_rescale)
-            model = guided
+            model = cfg_model(network, spec.guidance_scale, spec.guidance_rescale)
         denoise = vp_denoiser(model, self.train_sigmas, c.scheduler["prediction_type"])
         lh, lw = self.height // self.vae_factor, self.width // self.vae_factor
         latents = sample(lambda x, s, cond: denoise(x, s, *cond),
@@ -272,7 +281,7 @@ class TextToImage:
                     steps=s.steps, sampler=s.sampler, schedule=s.schedule,
                     guidance_scale=s.guidance_scale, guidance_rescale=s.guidance_rescale,
                     width=self.width, height=self.height, model=self.components.name,
-                    clip_skip=s.clip_skip, version=__version__)
+                    clip_skip=self.clip_skip, version=__version__)
 
 
 def memory_plan(compiled) -> dict:

@@ -53,23 +53,20 @@ def colour_swapped_batch(src, tok, rng, size: int):
 
 
 def probe(text_model, text_params, tok) -> dict:
-    import jax.numpy as jnp
-
+    """mini_heldout_probes' state cosines for PAIRS, and each held-out pair's two nearest
+    captions (of all 36 colour-shape pairs)."""
     from diffjax.data import shapes as S
-    keys = [(c, s) for c in S.COLOURS for s in S.SHAPES]
-    ids = jnp.asarray(tok.tokenize([f"a large {c} {s} in the center" for c, s in keys]).ids)
-    states = np.asarray(text_model.apply({"params": text_params}, ids).last_hidden_state)
-    index = {k: i for i, k in enumerate(keys)}
-    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    from tools.mini_heldout_probes import STATE_POSITIONS, centre_caption_states, cosine
+    words = [f"{c} {s}" for c in S.COLOURS for s in S.SHAPES]
+    states = centre_caption_states(text_model, text_params, tok, words)
     out = {}
-    for pos, where in ((4, "shape token"), (7, "last word")):
-        row = {f"{' '.join(a)} ~ {' '.join(b)}": round(cos(states[index[a], pos],
-                                                            states[index[b], pos]), 3)
-               for a, b in PAIRS}
-        for a in (("purple", "star"), ("blue", "square"), ("green", "circle")):
-            near = sorted(((cos(states[index[a], pos], states[j, pos]), k)
-                           for k, j in index.items() if k != a), reverse=True)[:2]
-            row[f"nearest to {' '.join(a)}"] = [(" ".join(k), round(s, 3)) for s, k in near]
+    for where in STATE_POSITIONS:
+        row = {f"{' '.join(a)} ~ {' '.join(b)}": round(
+            cosine(states[" ".join(a)][where], states[" ".join(b)][where]), 3) for a, b in PAIRS}
+        for a in ("purple star", "blue square", "green circle"):
+            near = sorted(((cosine(states[a][where], states[w][where]), w)
+                           for w in words if w != a), reverse=True)[:2]
+            row[f"nearest to {a}"] = [(w, round(v, 3)) for v, w in near]
         out[where] = row
     return out
 

@@ -8,6 +8,7 @@ the same weights), restored params bit-equal to `load_sd_folder`'s.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -166,6 +167,30 @@ def test_preset_to_checkpoint_and_back(tmp_path):
     again = load_sd_folder(str(tmp_path / "f"))
     for a, b in zip(jax.tree.leaves(want.text_params), jax.tree.leaves(again.text_params)):
         np.testing.assert_array_equal(b, a)
+    assert got.clip_skip == again.clip_skip == 0
+
+
+def test_trained_clip_skip_travels_with_the_model(tmp_path):
+    """A model trained on an earlier text layer (diffjax-mini) declares it; a sample's
+    clip_skip -1 then means that layer, through a folder and a diffjax checkpoint alike."""
+    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.weights.folder import CLIP_SKIP_KEY, export_sd_folder
+    c = dataclasses.replace(preset_components("tiny", seed=0), clip_skip=2)
+    export_sd_folder(c, str(tmp_path / "f"))
+    with open(tmp_path / "f" / "model_index.json") as f:
+        assert json.load(f)[CLIP_SKIP_KEY] == 2
+    folder = load_sd_folder(str(tmp_path / "f"))
+    convert.save_checkpoint(folder, str(tmp_path / "ck"))
+    assert folder.clip_skip == convert.load_checkpoint(str(tmp_path / "ck")).clip_skip == 2
+    spec = SampleSpec(steps=1, batch_size=8)
+    assert TextToImage(folder, spec).metadata("p", "", 0)["clip_skip"] == 2
+    explicit = TextToImage(folder, dataclasses.replace(spec, clip_skip=0))
+    assert explicit.metadata("p", "", 0)["clip_skip"] == 0
+    index = json.loads((tmp_path / "f" / "model_index.json").read_text())
+    (tmp_path / "f" / "model_index.json").write_text(json.dumps({**index, CLIP_SKIP_KEY: "2"}))
+    with pytest.raises(WeightsError, match="_diffjax_clip_skip must be an integer >= 0, "
+                                           "got '2'"):
+        load_sd_folder(str(tmp_path / "f"))
 
 
 def test_errors_name_the_problem(converted, tmp_path, capsys):

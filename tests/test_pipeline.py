@@ -58,7 +58,7 @@ def test_images_in_range_and_guidance_matters(tiny):
     (dict(height=34), "height 34 is not a multiple of 4"),
     (dict(batch_size=3, mesh_shape=(-1, 1, 1)), "batch_size 3 cannot be split over the "
                                                 "mesh's data axes"),
-    (dict(clip_skip=5), "clip_skip 5 must be < the text encoder's 2 layers"),
+    (dict(clip_skip=5), "clip_skip 5 must be <= the text encoder's 2 layers"),
 ])
 def test_bad_specs_are_named(tiny, change, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -63,7 +63,8 @@ def test_batches_fixed_and_padded_tail():
 def test_png_metadata_round_trip(tmp_path):
     img = outputs.to_uint8(np.linspace(0, 1, 4 * 4 * 3).reshape(4, 4, 3))
     meta = dict(prompt="a red circle", negative_prompt="blurry", seed=3, steps=20,
-                sampler="euler", guidance_scale=5.0, width=4, height=4, model="tiny")
+                sampler="euler", guidance_scale=5.0, width=4, height=4, model="tiny",
+                clip_skip=1)
     path = tmp_path / "x.png"
     outputs.atomic_write(path, outputs.png_bytes(img, meta))
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temp file left
@@ -72,7 +73,8 @@ def test_png_metadata_round_trip(tmp_path):
         params = im.text["parameters"]
     assert params.splitlines()[0] == "a red circle"
     assert params.splitlines()[1] == "Negative prompt: blurry"
-    assert "Steps: 20, Sampler: euler, CFG scale: 5.0, Seed: 3, Size: 4x4, Model: tiny" in params
+    assert ("Steps: 20, Sampler: euler, CFG scale: 5.0, Seed: 3, Size: 4x4, Model: tiny, "
+            "Clip skip: 2") in params    # A1111 counts from 1: its 2 is the penultimate layer
     assert outputs.read_png_metadata(path) == json.loads(json.dumps(meta))
 
 

@@ -73,32 +73,17 @@ def probe_splice(model: str, seeds: int) -> list:
     import jax
     import jax.numpy as jnp
 
-    from diffjax.diffusion.denoisers import cfg_model, vp_denoiser
-    from diffjax.diffusion.sample import sample
     from diffjax.metrics import shapes_oracle
     pipe = _pipeline(model, seeds)
-    text, unet, vae = pipe._modules()
-    spec, c = pipe.spec, pipe.components
 
     def generate(params, ids_a, ids_b, neg, seed_ids):
-        encode = lambda i: text.apply({"params": params["text"]}, i,  # noqa: E731
-                                      clip_skip=spec.clip_skip).context
-        a, b = encode(ids_a), encode(ids_b)
+        a, b = pipe.encode_text(params, ids_a), pipe.encode_text(params, ids_b)
         # The colour word is the first token where the captions differ.
         differs = ids_a != ids_b
         after = (jnp.cumsum(differs, 1) > 0) & ~(differs & (jnp.cumsum(differs, 1) == 1))
         context = jnp.where(after[..., None], b, a)
-        network = lambda x, t, ctx: unet.apply({"params": params["unet"]}, x, t, ctx)  # noqa
-        model_fn = cfg_model(network, spec.guidance_scale, spec.guidance_rescale)
-        denoise = vp_denoiser(model_fn, pipe.train_sigmas, c.scheduler["prediction_type"])
-        side = pipe.height // pipe.vae_factor
-        latents = sample(lambda x, s, cond: denoise(x, s, *cond),
-                         (side, side, c.unet_config.in_channels), seed_ids, spec.sampler,
-                         pipe.sigmas, cond=(context, encode(neg)),
-                         options=pipe._sampler_options(), init_scale="vp")
-        images = vae.apply({"params": params["vae"]}, latents / c.vae_config.scaling_factor,
-                           method=vae.decode)
-        return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+        return pipe.generate_from_context(params, context, pipe.encode_text(params, neg),
+                                          seed_ids)
 
     run = jax.jit(generate)
     ids = lambda caps: jnp.asarray(pipe.tokenizer.tokenize(caps).ids)  # noqa: E731
@@ -113,10 +98,25 @@ def probe_splice(model: str, seeds: int) -> list:
     return out
 
 
+STATE_POSITIONS = {"shape token": 4, "last word": 7}  # <start> a large COLOUR SHAPE in the CENTER
+
+
+def centre_caption_states(text_model, text_params, tokenizer, words, clip_skip: int = 0) -> dict:
+    """{"purple star": {"shape token": state, "last word": state}, ...}: the text tower's
+    context at those tokens of "a large {words} in the center" (words: "colour shape")."""
+    import jax.numpy as jnp
+    ids = jnp.asarray(tokenizer.tokenize([f"a large {w} in the center" for w in words]).ids)
+    ctx = np.asarray(text_model.apply({"params": text_params}, ids, clip_skip=clip_skip).context)
+    return {w: {where: ctx[i, pos] for where, pos in STATE_POSITIONS.items()}
+            for i, w in enumerate(words)}
+
+
+def cosine(u, v) -> float:
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+
 def probe_states(model: str) -> dict:
     """Cosines of text-tower states between caption pairs that differ in the shape only."""
-    import jax.numpy as jnp
-
     from diffjax.convert import load_components
     from diffjax.models.clip import CLIPTextModel
     from diffjax.text import load_tokenizer
@@ -126,19 +126,14 @@ def probe_states(model: str) -> dict:
              "held-out blue square ~ blue circle": ("blue square", "blue circle"),
              "held-out green circle ~ green square": ("green circle", "green square"),
              "seen red star ~ red diamond": ("red star", "red diamond")}
-    caps = [f"a large {w} in the center" for pair in pairs.values() for w in pair]
-    ids = jnp.asarray(tok.tokenize(caps).ids)
-    shape_pos, last_pos = 4, 7  # <start> a large COLOUR SHAPE in the CENTER
+    words = sorted({w for pair in pairs.values() for w in pair})
     out = {}
     for skip in range(c.text_config.num_hidden_layers + 1):
-        ctx = np.asarray(text.apply({"params": c.text_params}, ids, clip_skip=skip).context)
-        row = {}
-        for k, name in enumerate(pairs):
-            for pos, where in ((shape_pos, "shape token"), (last_pos, "last word")):
-                u, v = ctx[2 * k, pos], ctx[2 * k + 1, pos]
-                row.setdefault(where, {})[name] = round(
-                    float(u @ v / np.linalg.norm(u) / np.linalg.norm(v)), 3)
-        out[f"clip_skip {skip}"] = row
+        states = centre_caption_states(text, c.text_params, tok, words, skip)
+        out[f"clip_skip {skip}"] = {
+            where: {name: round(cosine(states[a][where], states[b][where]), 3)
+                    for name, (a, b) in pairs.items()}
+            for where in STATE_POSITIONS}
     return out
 
 

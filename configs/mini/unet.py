@@ -19,7 +19,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 def get_config(arg=None):
     a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
-                  steps=14000, batch=32, seed=0)
+                  steps=14000, batch=32, seed=0, clip_skip=0)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"
     c.seed = a.seed
@@ -33,7 +33,7 @@ def get_config(arg=None):
         end_lr_fraction=0.05, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.999,
-        snr_gamma=5.0, compute_dtype="float32",
+        snr_gamma=5.0, compute_dtype="float32", clip_skip=a.clip_skip,
         sample_every=1000, sample_steps=20, sample_guidance=4.0, sample_seeds=(0, 1),
         sample_params="ema_params", progress=True))
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))

@@ -38,7 +38,7 @@ class GridSampler:
 
     def __init__(self, components, prompts: Sequence[str] = SHAPES_PROMPTS,
                  seeds: Sequence[int] = (0, 1), *, sampler: str = "dpmpp_2m", steps: int = 20,
-                 guidance_scale: float = 3.0, scale: int = 2):
+                 guidance_scale: float = 3.0, scale: int = 2, clip_skip: int = 0):
         from diffjax import sharding
         from diffjax.pipeline import SampleSpec, TextToImage
         if not prompts or not seeds:
@@ -49,7 +49,7 @@ class GridSampler:
         n_data = sharding.data_size(sharding.make_mesh((-1, 1, 1)))
         batch = -(-len(self.prompts) // n_data) * n_data  # the mesh needs a multiple
         spec = SampleSpec(sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                          batch_size=batch)
+                          batch_size=batch, clip_skip=clip_skip)
         self.pipe = TextToImage(components, spec)
 
     def images(self, unet_params) -> np.ndarray:

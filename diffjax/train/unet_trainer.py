@@ -105,10 +105,13 @@ def train_and_evaluate(config, workdir: str):
                             snr_gamma=c.train.snr_gamma or None, ema_decay=c.train.ema_decay,
                             compute_dtype=jnp.dtype(c.train.compute_dtype))
 
+    clip_skip = int(c.train.get("clip_skip", 0))
+
     def full_step(state, frozen, batch, key):
         latents = vae.apply({"params": frozen["vae"]}, batch["image"],
                             method=AutoencoderKL.encode).mean * scaling
-        context = text.apply({"params": frozen["text"]}, batch["ids"]).context
+        context = text.apply({"params": frozen["text"]}, batch["ids"],
+                             clip_skip=clip_skip).context
         return inner(state, {"x0": jax.lax.stop_gradient(latents),
                              "context": jax.lax.stop_gradient(context)}, key)
 
@@ -138,7 +141,8 @@ def train_and_evaluate(config, workdir: str):
         grid = GridSampler(comps, tuple(c.train.get("sample_prompts", SHAPES_PROMPTS)),
                            tuple(c.train.get("sample_seeds", (0, 1))),
                            steps=c.train.get("sample_steps", 20),
-                           guidance_scale=c.train.get("sample_guidance", 3.0))
+                           guidance_scale=c.train.get("sample_guidance", 3.0),
+                           clip_skip=clip_skip)
         which = c.train.get("sample_params", "params")  # or "ema_params"
 
         def on_state(s, m):

@@ -28,6 +28,8 @@ class Components:
     scheduler: dict                    # beta_schedule, beta_start, beta_end, ..., prediction_type
     vision_config: object = None       # the CLIP image tower (`image_encoder/`), if the model
     vision_params: dict | None = None  # has one: CLIP score / Frechet features (diffjax-mini)
+    clip_skip: int = 0                 # the text-encoder layer the UNet was trained on (see
+    #                                    CLIPTextModel); a sample's clip_skip -1 means this one
 
 
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
@@ -147,6 +149,21 @@ def load_scheduler_config(folder: str) -> dict:
     return out
 
 
+# model_index.json key of a folder's trained clip_skip: diffusers ignores "_" keys.
+CLIP_SKIP_KEY = "_diffjax_clip_skip"
+
+
+def read_clip_skip(path: str) -> int:
+    """The clip_skip a folder's UNet was trained with (model_index.json; 0 when absent, as
+    for every public SD 1.x/2.x folder)."""
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        value = json.load(f).get(CLIP_SKIP_KEY, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise WeightsError(f"{path}/model_index.json: {CLIP_SKIP_KEY} must be an integer "
+                           f">= 0, got {value!r}")
+    return value
+
+
 def load_sd_folder(path: str, dtype: str = "float32", attention: str = "auto") -> Components:
     """Every component of a diffusers-format Stable Diffusion 1.x/2.x folder."""
     from diffjax.weights.clip import load_text_encoder
@@ -165,7 +182,7 @@ def load_sd_folder(path: str, dtype: str = "float32", attention: str = "auto") -
     return Components(os.path.basename(os.path.normpath(path)), tc, upcast_half(tp), uc,
                       upcast_half(up), vc, upcast_half(vp), os.path.join(path, "tokenizer"),
                       load_scheduler_config(os.path.join(path, "scheduler")),
-                      vision_config, vision_params)
+                      vision_config, vision_params, read_clip_skip(path))
 
 
 def export_sd_folder(c: Components, path: str, dtype: str = "float32") -> None:
@@ -191,6 +208,8 @@ def export_sd_folder(c: Components, path: str, dtype: str = "float32") -> None:
         export_vision_encoder(c.vision_config, c.vision_params,
                               os.path.join(path, "image_encoder"), dtype)
         extra["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
+    if c.clip_skip:
+        extra[CLIP_SKIP_KEY] = int(c.clip_skip)
     shutil.copytree(c.tokenizer_dir or default_tokenizer_dir(), os.path.join(path, "tokenizer"),
                     dirs_exist_ok=True)
     os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
