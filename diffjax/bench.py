@@ -224,72 +224,103 @@ def device_peak(dtype: str) -> tuple[float | None, str]:
     return None, f"no peak known for {kind}"
 
 
-def run_bench(spec: BenchSpec) -> dict:
+def _say(msg: str) -> None:
+    """A progress line on stderr: a bench at SD size spends minutes per program, and a run
+    cut off (timeout, out of memory) must still say which program it was in."""
+    import sys
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None) -> dict:
+    """One row of the report: every measurement at batch size b."""
     import jax
     import jax.numpy as jnp
 
-    from diffjax.convert import load_components
     from diffjax.diffusion.samplers import get_sampler
+    from diffjax.models.unet import UNet2DConditionModel
     from diffjax.pipeline import SampleSpec, TextToImage, memory_plan
+    pipe = TextToImage(comps, SampleSpec(sampler=spec.sampler, steps=spec.steps,
+                                         batch_size=b, height=spec.height,
+                                         width=spec.width, dtype=spec.dtype,
+                                         attention=spec.attention, mesh_shape=(1, 1, 1)),
+                       devices=jax.devices()[:1])
+    unet_cfg = comps.unet_config
+    lh, lw = pipe.height // pipe.vae_factor, pipe.width // pipe.vae_factor
+    unet = UNet2DConditionModel(unet_cfg)
+    x = jnp.ones((2 * b, lh, lw, unet_cfg.in_channels), jnp.float32)
+    t = jnp.full((2 * b,), 500.0)
+    ctx = jnp.ones((2 * b, comps.text_config.max_position_embeddings,
+                    unet_cfg.cross_attention_dim), jnp.float32)
+    unet_fn = jax.jit(lambda p, x, t, c: unet.apply({"params": p}, x, t, c))
+    params = pipe.params["unet"]
+    _say(f"batch {b}: compiling the UNet call (CFG batch {2 * b}, {lh}x{lw} latents)")
+    t0 = time.perf_counter()
+    compiled_unet = unet_fn.lower(params, x, t, ctx).compile()
+    unet_compile = time.perf_counter() - t0
+    unet_temp = memory_plan(compiled_unet).get("temp_bytes")
+    _say(f"batch {b}: UNet call compiled in {unet_compile:.1f} s, planned temporaries "
+         f"{unet_temp} bytes; counting FLOPs")
+    xla_flops = unet_flops_xla(unet_cfg, params, x, t, ctx)
+    analytic = jaxpr_flops(flat_unet_fn(unet_cfg), params, x, t, ctx)
+    ours = lambda: compiled_unet(params, x, t, ctx).block_until_ready()  # noqa: E731
+    theirs = (_diffusers_unet(comps, params, x, t, ctx, spec) if spec.vs == "diffusers"
+              else None)
+    _say(f"batch {b}: timing the UNet call" + (" against diffusers" if theirs else ""))
+    if theirs is None:
+        unet_s = _time(ours, spec.repeats)
+    else:
+        times = _interleaved({"ours": ours, "theirs": theirs[0]}, spec.repeats)
+        unet_s = times["ours"]
+    _say(f"batch {b}: compiling the {spec.steps}-step sample program")
+    sample_compile = pipe.compile_seconds()
+    sample_temp = pipe.memory_plan().get("temp_bytes")
+    _say(f"batch {b}: sample program compiled in {sample_compile:.1f} s, planned "
+         f"temporaries {sample_temp} bytes; timing it and the VAE decode")
+    prompts, seeds = ["a benchmark prompt"] * b, list(range(b))
+    sample_s = _time(lambda: pipe(prompts, seeds), spec.repeats)
+    vae_s = _decode_time(pipe, b, lh, lw, spec.repeats)
+    nfe = get_sampler(spec.sampler).nfe(spec.steps)
+    row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
+               sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
+               nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),
+               images_per_s=b / sample_s, unet_flops_xla=xla_flops,
+               unet_flops_analytic=analytic,
+               mfu=(analytic / unet_s / peak) if peak else None,
+               unet_temp_bytes=unet_temp, sample_temp_bytes=sample_temp)
+    if theirs is not None:
+        row.update(diffusers_unet_call_s=times["theirs"],
+                   diffjax_over_diffusers=unet_s / times["theirs"],
+                   torch_threads=theirs[1])
+    row.update(peak_memory())
+    return row
+
+
+def run_bench(spec: BenchSpec, on_result=None) -> dict:
+    """The whole report. on_result(report so far) after each batch size, so that a run cut
+    off later keeps what it measured. A batch size whose program XLA cannot build or run
+    (e.g. out of device memory) becomes a row with its error; the others still run."""
+    import jax
+
+    from diffjax.convert import load_components
     comps = load_components(spec.model, spec.dtype, spec.attention)
     peak, peak_source = device_peak(spec.dtype)
-    rows = []
+    result = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
+                  host=platform.node(), peak_flops=peak, peak_source=peak_source,
+                  startup=None, spec=dataclasses.asdict(spec),
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), rows=[])
     for b in spec.batch_sizes:
-        pipe = TextToImage(comps, SampleSpec(sampler=spec.sampler, steps=spec.steps,
-                                             batch_size=b, height=spec.height,
-                                             width=spec.width, dtype=spec.dtype,
-                                             attention=spec.attention, mesh_shape=(1, 1, 1)),
-                           devices=jax.devices()[:1])
-        unet_cfg = comps.unet_config
-        lh, lw = pipe.height // pipe.vae_factor, pipe.width // pipe.vae_factor
-        from diffjax.models.unet import UNet2DConditionModel
-        unet = UNet2DConditionModel(unet_cfg)
-        x = jnp.ones((2 * b, lh, lw, unet_cfg.in_channels), jnp.float32)
-        t = jnp.full((2 * b,), 500.0)
-        ctx = jnp.ones((2 * b, comps.text_config.max_position_embeddings,
-                        unet_cfg.cross_attention_dim), jnp.float32)
-        unet_fn = jax.jit(lambda p, x, t, c: unet.apply({"params": p}, x, t, c))
-        params = pipe.params["unet"]
-        t0 = time.perf_counter()
-        compiled_unet = unet_fn.lower(params, x, t, ctx).compile()
-        unet_compile = time.perf_counter() - t0
-        xla_flops = unet_flops_xla(unet_cfg, params, x, t, ctx)
-        analytic = jaxpr_flops(flat_unet_fn(unet_cfg), params, x, t, ctx)
-        ours = lambda: compiled_unet(params, x, t, ctx).block_until_ready()  # noqa: E731
-        theirs = (_diffusers_unet(comps, params, x, t, ctx, spec) if spec.vs == "diffusers"
-                  else None)
-        if theirs is None:
-            unet_s = _time(ours, spec.repeats)
-        else:
-            times = _interleaved({"ours": ours, "theirs": theirs[0]}, spec.repeats)
-            unet_s = times["ours"]
-        t0 = time.perf_counter()
-        sample_compile = pipe.compile_seconds()
-        prompts, seeds = ["a benchmark prompt"] * b, list(range(b))
-        sample_s = _time(lambda: pipe(prompts, seeds), spec.repeats)
-        vae_s = _decode_time(pipe, b, lh, lw, spec.repeats)
-        nfe = get_sampler(spec.sampler).nfe(spec.steps)
-        row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
-                   sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
-                   nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),
-                   images_per_s=b / sample_s, unet_flops_xla=xla_flops,
-                   unet_flops_analytic=analytic,
-                   mfu=(analytic / unet_s / peak) if peak else None,
-                   unet_temp_bytes=memory_plan(compiled_unet).get("temp_bytes"),
-                   sample_temp_bytes=pipe.memory_plan().get("temp_bytes"))
-        if theirs is not None:
-            row.update(diffusers_unet_call_s=times["theirs"],
-                       diffjax_over_diffusers=unet_s / times["theirs"],
-                       torch_threads=theirs[1])
-        row.update(peak_memory())
-        rows.append(row)
-    startup = measure_startup(spec, spec.batch_sizes[0]) if spec.startup else None
-    return dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                host=platform.node(), peak_flops=peak, peak_source=peak_source,
-                startup=startup,
-                spec=dataclasses.asdict(spec), date=time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                  time.gmtime()),
-                rows=rows)
+        try:
+            row = bench_batch(spec, comps, b, peak)
+        except jax.errors.JaxRuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _say(f"batch {b}: failed: {first}")
+            row = dict(batch=b, error=first[:500])
+        result["rows"].append(row)
+        if on_result is not None:
+            on_result(result)
+    if spec.startup:
+        result["startup"] = measure_startup(spec, spec.batch_sizes[0])
+    return result
 
 
 def _decode_time(pipe, b, lh, lw, repeats) -> float:
@@ -355,6 +386,8 @@ def markdown(result: dict) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    lines += [f"\nbatch {r['batch']} failed: {r['error']}" for r in result["rows"]
+              if "error" in r]
     if result.get("startup"):
         lines += ["", "Fresh process, batch " + str(result["spec"]["batch_sizes"][0])
                   + " (seconds): " + ", ".join(f"{k} {fmt(v)}"
@@ -375,11 +408,14 @@ def run(args) -> int:
     from diffjax.outputs import atomic_write
     config = load_config(args.config, args.config_overrides)
     spec = to_dataclass(config, BenchSpec)
-    result = run_bench(spec)
     os.makedirs(args.out, exist_ok=True)
     save_config(config, args.out)
-    atomic_write(os.path.join(args.out, "results.json"), json.dumps(result, indent=2))
-    table = markdown(result)
-    atomic_write(os.path.join(args.out, "results.md"), table)
-    print(table)
+
+    def write(result):
+        atomic_write(os.path.join(args.out, "results.json"), json.dumps(result, indent=2))
+        atomic_write(os.path.join(args.out, "results.md"), markdown(result))
+
+    result = run_bench(spec, on_result=write)
+    write(result)
+    print(markdown(result))
     return 0

@@ -63,3 +63,29 @@ def test_unet_flops_xla_counts_every_attention_block():
     looped = jax.jit(fn).lower(params, x, t, ctx).cost_analysis()["flops"]
     assert looped < 0.5 * analytic  # 39% measured: the undercount this helper exists for
     assert 1.0 <= unet_flops_xla(cfg, params, x, t, ctx) / analytic < 1.25
+
+
+def test_a_failing_batch_size_is_a_row_and_the_rest_still_runs(monkeypatch):
+    """XLA refusing one batch size (out of device memory, as SD1.5 at batch 16 did on an
+    H100) must not lose the others: the error becomes that row, each finished batch is
+    handed to on_result (the CLI writes results.json there) as it completes."""
+    import jax
+
+    from diffjax import bench
+
+    def fake_batch(spec, comps, b, peak):
+        if b == 16:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying "
+                                             "to allocate 134.6GiB\nmore detail")
+        return dict(batch=b, unet_call_s=0.5)
+
+    monkeypatch.setattr(bench, "bench_batch", fake_batch)
+    monkeypatch.setattr(bench, "device_peak", lambda dtype: (1e12, "test"))
+    seen = []
+    result = bench.run_bench(bench.BenchSpec(batch_sizes=(1, 16, 2)),
+                             on_result=lambda r: seen.append([row["batch"] for row in r["rows"]]))
+    assert seen == [[1], [1, 16], [1, 16, 2]]
+    assert result["rows"][1] == {"batch": 16, "error": "RESOURCE_EXHAUSTED: Out of memory "
+                                                       "while trying to allocate 134.6GiB"}
+    table = bench.markdown(result)
+    assert "| 2 | 0.5 |" in table and "batch 16 failed: RESOURCE_EXHAUSTED" in table
