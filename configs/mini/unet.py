@@ -5,9 +5,11 @@
 
 The same trainer and step as any SD fine-tune (configs/train/unet.py): epsilon target on
 SD's scaled-linear schedule, min-SNR-5 weighting, 10% caption dropout for CFG. The shipped
-model is the EMA params after 14,000 steps of 32 (one cosine schedule). Arg keys: model
-(the assembled base folder), init_from (a finished UNet run's workdir to continue from:
-fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch, seed.
+model: 14,000 steps of 32 (one cosine schedule) on the last text layer, then 6,000 from
+that run's EMA on the token embeddings (clip_skip 2; tools/mini_recipe.py's `unet_skip2`).
+Arg keys: model (the assembled base folder), init_from (a finished UNet run's workdir to
+continue from: fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch,
+seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax sample`).
 """
 
 import ml_collections
