@@ -53,6 +53,10 @@ def test_train_resume_and_bad_batch(dp_run, tmp_path):
     with pytest.raises(ValueError, match="batch_size 12 is not divisible by the mesh's data "
                                          r"axes \(data x fsdp = 8\)"):
         train_and_evaluate(_config(data, 3, batch=12), str(tmp_path / "run2"))
+    bad = _config(data, 3)
+    bad.train.clip_skip = 3   # the tiny text tower has 2 layers
+    with pytest.raises(ValueError, match="train.clip_skip 3 must be <= the text encoder's 2"):
+        train_and_evaluate(bad, str(tmp_path / "run3"))
 
 
 @pytest.mark.slow  # one more compile of the tiny train step, sharded (~50 s CPU)

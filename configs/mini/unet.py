@@ -9,7 +9,8 @@ model: 14,000 steps of 32 (one cosine schedule) on the last text layer, then 6,0
 that run's EMA on the token embeddings (clip_skip 2; tools/mini_recipe.py's `unet_skip2`).
 Arg keys: model (the assembled base folder), init_from (a finished UNet run's workdir to
 continue from: fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch,
-seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax sample`).
+seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax sample`;
+-1: the one the model folder declares, 0 for the assembled base).
 """
 
 import ml_collections
@@ -21,7 +22,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 def get_config(arg=None):
     a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
-                  steps=14000, batch=32, seed=0, clip_skip=0)
+                  steps=14000, batch=32, seed=0, clip_skip=-1)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"
     c.seed = a.seed

@@ -31,6 +31,7 @@ def get_config(arg=None):
         num_steps=a.steps, save_every=500, keep_checkpoints=3, ema_decay=0.999,
         snr_gamma=5.0,              # min-SNR-gamma weighting; 0 = uniform
         compute_dtype="float32",    # or "bfloat16" (master weights stay float32)
+        clip_skip=-1,               # text layer the UNet reads; -1: the model folder's own
         sample_every=0,             # > 0: a sample grid PNG in workdir/samples every N steps
         sample_steps=20, sample_guidance=3.0, sample_seeds=(0, 1),
         sample_params="params",     # or "ema_params" (long runs)

@@ -105,7 +105,14 @@ def train_and_evaluate(config, workdir: str):
                             snr_gamma=c.train.snr_gamma or None, ema_decay=c.train.ema_decay,
                             compute_dtype=jnp.dtype(c.train.compute_dtype))
 
-    clip_skip = int(c.train.get("clip_skip", 0))
+    # The text layer the UNet is conditioned on: by default the model's own (a folder that
+    # declares one, e.g. diffjax-mini's 2), so a fine-tune keeps what sampling will feed it.
+    clip_skip = int(c.train.get("clip_skip", -1))
+    if clip_skip < 0:
+        clip_skip = comps.clip_skip
+    if clip_skip > comps.text_config.num_hidden_layers:
+        raise ValueError(f"train.clip_skip {clip_skip} must be <= the text encoder's "
+                         f"{comps.text_config.num_hidden_layers} layers")
 
     def full_step(state, frozen, batch, key):
         latents = vae.apply({"params": frozen["vae"]}, batch["image"],
