@@ -82,11 +82,13 @@ def test_mini_draws_held_out_pairs(mini_pipe):
     assert np.mean(right) >= 0.7, right
 
 
-def test_mini_declares_its_text_layer():
+def test_mini_declares_its_text_layer(mini_pipe):
     """The shipped UNet was trained on the text tower's embeddings; the folder says so and
     a default sample config (clip_skip -1) follows it."""
     from diffjax.convert import load_components
     assert load_components("mini").clip_skip == 2
+    assert mini_pipe.spec.clip_skip == -1 and mini_pipe.clip_skip == 2
+    assert mini_pipe.metadata("p", "", 0)["clip_skip"] == 2
 
 
 @pytest.fixture(scope="module")

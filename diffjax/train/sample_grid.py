@@ -32,13 +32,13 @@ SHAPES_PROMPTS: tuple[str, ...] = (
 class GridSampler:
     """`grid(unet_params, path)` -> saves len(prompts) x len(seeds) samples as one PNG.
 
-    Rows are prompts, columns seeds. `steps`, `guidance_scale` and `sampler` as in
+    Rows are prompts, columns seeds. `steps`, `guidance_scale`, `sampler` and `clip_skip` as in
     `diffjax sample`; the text encoder and VAE are the components' (frozen in training).
     """
 
     def __init__(self, components, prompts: Sequence[str] = SHAPES_PROMPTS,
                  seeds: Sequence[int] = (0, 1), *, sampler: str = "dpmpp_2m", steps: int = 20,
-                 guidance_scale: float = 3.0, scale: int = 2, clip_skip: int = 0):
+                 guidance_scale: float = 3.0, scale: int = 2, clip_skip: int = -1):
         from diffjax import sharding
         from diffjax.pipeline import SampleSpec, TextToImage
         if not prompts or not seeds:
