@@ -86,6 +86,7 @@ class TextToImage:
         from diffjax import sharding
         from diffjax.diffusion import schedules
         from diffjax.text import load_tokenizer
+        from diffjax.weights.folder import resolve_clip_skip
         self.components, self.spec = components, spec
         c = components
         self.tokenizer = load_tokenizer(c.tokenizer_dir)
@@ -108,10 +109,7 @@ class TextToImage:
                 raise ConfigError(f"{name} {v} is not a multiple of {factor}, the model's "
                                   f"size factor (VAE x{self.vae_factor}, UNet "
                                   f"x{c.unet_config.downsample_factor})")
-        self.clip_skip = spec.clip_skip if spec.clip_skip >= 0 else c.clip_skip
-        if self.clip_skip > c.text_config.num_hidden_layers:
-            raise ConfigError(f"clip_skip {self.clip_skip} must be <= the text encoder's "
-                              f"{c.text_config.num_hidden_layers} layers")
+        self.clip_skip = resolve_clip_skip(spec.clip_skip, c)
         sched = c.scheduler
         ac = schedules.alphas_cumprod_for(sched["beta_schedule"], sched["num_train_timesteps"],
                                           sched["beta_start"], sched["beta_end"],

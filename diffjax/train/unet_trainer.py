@@ -29,6 +29,7 @@ from diffjax.train.runner import batch_maker, plain, start_or_resume
 from diffjax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                  make_optimizer)
 from diffjax.train.step import make_train_step
+from diffjax.weights.folder import resolve_clip_skip
 
 
 def unet_state_shardings(unet, comps, tx, state, mesh) -> TrainState:
@@ -107,12 +108,7 @@ def train_and_evaluate(config, workdir: str):
 
     # The text layer the UNet is conditioned on: by default the model's own (a folder that
     # declares one, e.g. diffjax-mini's 2), so a fine-tune keeps what sampling will feed it.
-    clip_skip = int(c.train.get("clip_skip", -1))
-    if clip_skip < 0:
-        clip_skip = comps.clip_skip
-    if clip_skip > comps.text_config.num_hidden_layers:
-        raise ValueError(f"train.clip_skip {clip_skip} must be <= the text encoder's "
-                         f"{comps.text_config.num_hidden_layers} layers")
+    clip_skip = resolve_clip_skip(int(c.train.get("clip_skip", -1)), comps, "train.clip_skip")
 
     def full_step(state, frozen, batch, key):
         latents = vae.apply({"params": frozen["vae"]}, batch["image"],

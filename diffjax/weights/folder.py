@@ -164,6 +164,17 @@ def read_clip_skip(path: str) -> int:
     return value
 
 
+def resolve_clip_skip(requested: int, components: Components, name: str = "clip_skip") -> int:
+    """The text layer to condition on: `requested`, or with -1 the one the model declares;
+    sampling and training resolve it alike. Errors name the key and the tower's depth."""
+    from diffjax.config import ConfigError
+    clip_skip = requested if requested >= 0 else components.clip_skip
+    layers = components.text_config.num_hidden_layers
+    if clip_skip > layers:
+        raise ConfigError(f"{name} {clip_skip} must be <= the text encoder's {layers} layers")
+    return clip_skip
+
+
 def load_sd_folder(path: str, dtype: str = "float32", attention: str = "auto") -> Components:
     """Every component of a diffusers-format Stable Diffusion 1.x/2.x folder."""
     from diffjax.weights.clip import load_text_encoder
