@@ -26,6 +26,8 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mini_recipe import sample_pipeline  # noqa: E402 - the recipe's own measuring setup
 SPLICES = (  # (caption up to the colour word, caption after it)
     ("a large purple star in the center on a white background",) * 2,
     ("a large purple star in the center on a white background",
@@ -37,20 +39,12 @@ SPLICES = (  # (caption up to the colour word, caption after it)
 )
 
 
-def _pipeline(model: str, batch: int):
-    from diffjax.config import load_config
-    from diffjax.pipeline import load_pipeline
-    config = load_config(os.path.join(ROOT, "configs", "sample.py"), [])
-    config.batch_size = batch
-    return load_pipeline(model, config)
-
-
 def probe_pairs(model: str, n: int) -> dict:
     """Shape accuracy per held-out (shape, colour) pair and over the (shape, position)
     pairs; the most common substitutions."""
     from diffjax.data import shapes as S
     from diffjax.metrics import shapes_oracle
-    pipe = _pipeline(model, 100)
+    pipe = sample_pipeline(model, 100)
     ex = [S.example("holdout", 500 + i, 32) for i in range(n)]
     images = pipe([e["caption"] for e in ex], [500 + i for i in range(n)])
     right, swaps = collections.defaultdict(list), collections.Counter()
@@ -74,7 +68,7 @@ def probe_splice(model: str, seeds: int) -> list:
     import jax.numpy as jnp
 
     from diffjax.metrics import shapes_oracle
-    pipe = _pipeline(model, seeds)
+    pipe = sample_pipeline(model, seeds)
 
     def generate(params, ids_a, ids_b, neg, seed_ids):
         a, b = pipe.encode_text(params, ids_a), pipe.encode_text(params, ids_b)

@@ -1,16 +1,16 @@
 """diffjax-mini, stage 3 of 3: the latent UNet, conditioned on the frozen mini CLIP text tower.
 
     python tools/mini_recipe.py assemble          # runs/mini/base: trained CLIP + VAE, new UNet
-    diffjax train --config configs/mini/unet.py --workdir runs/mini/unet
+    diffjax train --config configs/mini/unet.py:clip_skip=2 --workdir runs/mini/unet
 
 The same trainer and step as any SD fine-tune (configs/train/unet.py): epsilon target on
 SD's scaled-linear schedule, min-SNR-5 weighting, 10% caption dropout for CFG. The shipped
-model: 14,000 steps of 32 (one cosine schedule) on the last text layer, then 6,000 from
-that run's EMA on the token embeddings (clip_skip 2; tools/mini_recipe.py's `unet_skip2`).
+model: 10,000 steps of 32 (one cosine schedule) on the text tower's token embeddings
+(clip_skip 2 of its 2 layers; tools/mini_recipe.py passes it, and says why).
 Arg keys: model (the assembled base folder), init_from (a finished UNet run's workdir to
 continue from: fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch,
 seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax sample`;
--1: the one the model folder declares, 0 for the assembled base).
+-1: the one the model folder declares -- 2 for the shipped mini, 0 for the assembled base).
 """
 
 import ml_collections
@@ -22,7 +22,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 def get_config(arg=None):
     a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
-                  steps=14000, batch=32, seed=0, clip_skip=-1)
+                  steps=10000, batch=32, seed=0, clip_skip=-1)
     c = ml_collections.ConfigDict()
     c.trainer = "unet"
     c.seed = a.seed
