@@ -128,6 +128,18 @@ def stage_assemble(a) -> None:
           f"latent scaling_factor {vae_c.scaling_factor}")
 
 
+def repo_relative(value):
+    """`value` (a run's config.json) with paths under the repository root made relative to
+    it, so the shipped record reruns from any clone (the stages write absolute paths)."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith(ROOT + os.sep):
+        return os.path.relpath(value, ROOT)
+    return value
+
+
 def stage_package(a) -> None:
     """The shipped folder: runs/base with the UNet run's EMA UNet (declaring the clip_skip
     it was trained on) and the decoder run's EMA decoder, float16 storage."""
@@ -147,7 +159,7 @@ def stage_package(a) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     export_sd_folder(comps, tmp, dtype="float16")
     write_normalization(tmp, *MINI_NORMALIZATION, 32)
-    configs = {s: json.load(open(os.path.join(a.runs, s, "config.json")))
+    configs = {s: repo_relative(json.load(open(os.path.join(a.runs, s, "config.json"))))
                for s in TRAIN_STAGES}
     times = json.load(open(os.path.join(a.runs, "times.json")))
     with open(os.path.join(tmp, "diffjax_mini.json"), "w") as f:
