@@ -130,7 +130,8 @@ def stage_assemble(a) -> None:
 
 def repo_relative(value):
     """`value` (a run's config.json) with paths under the repository root made relative to
-    it, so the shipped record reruns from any clone (the stages write absolute paths)."""
+    it, so the shipped record reruns from any clone (a stage's config.json keeps the paths
+    it was given: absolute when --runs / --data were)."""
     if isinstance(value, dict):
         return {k: repo_relative(v) for k, v in value.items()}
     if isinstance(value, list):
