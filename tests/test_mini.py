@@ -119,14 +119,6 @@ def test_mini_clip_tells_positions_apart(recipe_and_clip):
     assert r["position_top1_of_9"] >= 0.8 and r["row_top1_of_3"] >= 0.8, r
 
 
-def _strings(value):
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return [value] if isinstance(value, str) else []
-
-
 def test_shipped_record_has_no_machine_paths(recipe_and_clip):
     """diffjax_mini.json's stage configs rerun from any clone: the recipe writes paths under
     the repository relative to it (the first shipped record named /work/main/runs/...)."""
@@ -136,7 +128,9 @@ def test_shipped_record_has_no_machine_paths(recipe_and_clip):
     with open(os.path.join(packaged_model_dir("mini"), "diffjax_mini.json")) as f:
         record = json.load(f)
     assert set(record["configs"]) == set(recipe.TRAIN_STAGES)
-    absolute = [s for s in _strings(record["configs"]) if os.path.isabs(s)]
+    import jax
+    absolute = [s for s in jax.tree_util.tree_leaves(record["configs"])
+                if isinstance(s, str) and os.path.isabs(s)]
     assert not absolute, absolute
     inside = os.path.join(recipe.ROOT, "runs", "x", "data")
     assert recipe.repo_relative({"a": [inside, "/elsewhere/y"], "n": 3}) == {

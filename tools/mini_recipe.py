@@ -132,8 +132,8 @@ def repo_relative(value):
     """`value` (a run's config.json) with paths under the repository root made relative to
     it, so the shipped record reruns from any clone (a stage's config.json keeps the paths
     it was given: absolute when --runs / --data were)."""
-    if isinstance(value, dict):
-        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, dict):  # explicit walk: keeps the config's key order, which
+        return {k: repo_relative(v) for k, v in value.items()}  # jax.tree_map would sort
     if isinstance(value, list):
         return [repo_relative(v) for v in value]
     if isinstance(value, str) and value.startswith(ROOT + os.sep):
@@ -150,18 +150,17 @@ def stage_package(a) -> None:
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.weights.folder import export_sd_folder, load_sd_folder, resolve_clip_skip
     comps = load_sd_folder(os.path.join(a.runs, "base"))
+    configs = {s: repo_relative(json.load(open(os.path.join(a.runs, s, "config.json"))))
+               for s in TRAIN_STAGES}
     comps.unet_params, unet_step = load_trained_params(os.path.join(a.runs, "unet"))
     # The layer the UNet run was trained on, as its config.json says (-1: the base's own).
-    with open(os.path.join(a.runs, "unet", "config.json")) as f:
-        trained_on = json.load(f)["train"]["clip_skip"]
-    comps.clip_skip = resolve_clip_skip(trained_on, comps, "runs' unet train.clip_skip")
+    comps.clip_skip = resolve_clip_skip(configs["unet"]["train"]["clip_skip"], comps,
+                                        "runs' unet train.clip_skip")
     comps.vae_params, decoder_step = load_trained_params(os.path.join(a.runs, "vae_decoder"))
     tmp = a.out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     export_sd_folder(comps, tmp, dtype="float16")
     write_normalization(tmp, *MINI_NORMALIZATION, 32)
-    configs = {s: repo_relative(json.load(open(os.path.join(a.runs, s, "config.json"))))
-               for s in TRAIN_STAGES}
     times = json.load(open(os.path.join(a.runs, "times.json")))
     with open(os.path.join(tmp, "diffjax_mini.json"), "w") as f:
         json.dump({"what": "diffjax-mini: CLIP + KL-f4 VAE + UNet trained from scratch on "
