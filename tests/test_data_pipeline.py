@@ -55,6 +55,25 @@ def test_batches_and_exact_resume_from_json_state(shapes_source):
     assert not _same(first, other)
 
 
+def test_each_distinct_caption_is_tokenized_once():
+    """The pipeline's caption -> ids memo: the same rows as tokenizing each example, the
+    tokenizer called once per distinct caption, and the shared rows read-only."""
+    calls = []
+
+    def counting_tokenize(captions):
+        calls.extend(captions)
+        return _fake_tokenize(captions)
+
+    source = [{"image": np.zeros((8, 8, 3), np.uint8), "caption": f"c{i % 3}".encode()}
+              for i in range(12)]
+    batch = next(iter(P.make_dataset(source, P.PipelineConfig(batch_size=12, resolution=8),
+                                     counting_tokenize)))
+    np.testing.assert_array_equal(batch["ids"], _fake_tokenize(list(batch["caption"])))
+    assert sorted(calls) == ["c0", "c1", "c2"]
+    ids_of = P.caption_ids_memo(_fake_tokenize)
+    assert ids_of("a") is ids_of("a") and not ids_of("a").flags.writeable
+
+
 def test_epochs_are_reshuffled_permutations_and_processes_disjoint():
     src = _memory_source(12)
     cfg = P.PipelineConfig(batch_size=12, resolution=16, seed=0, num_epochs=2)
