@@ -74,6 +74,39 @@ def test_each_distinct_caption_is_tokenized_once():
     assert ids_of("a") is ids_of("a") and not ids_of("a").flags.writeable
 
 
+def test_latent_source_gives_the_image_pipelines_examples(shapes_source):
+    """train.cache_latents: a LatentSource (here 'latents' that are the pixels themselves)
+    through the pipeline gives the image pipeline's batches -- same examples, order and
+    dropped captions -- with "latent" in place of "image"; random crops/flips are refused."""
+    from diffjax.train import latent_cache
+    cfg = P.PipelineConfig(batch_size=4, resolution=32, seed=5, caption_dropout=0.5)
+    cached = latent_cache.encode_source(shapes_source, lambda x: x * 2.0, (32, 32, 3), cfg,
+                                        batch_size=16, progress=False)   # 40 = 16 + 16 + 8
+    assert len(cached) == len(shapes_source)
+    cfg_l = P.PipelineConfig(batch_size=4, resolution=32, seed=5, caption_dropout=0.5,
+                             latents=True)
+    images = iter(P.make_dataset(shapes_source, cfg, _fake_tokenize))
+    latents = iter(P.make_dataset(cached, cfg_l, _fake_tokenize))
+    dropped = 0
+    for _ in range(15):  # past one epoch
+        a, b = next(images), next(latents)
+        np.testing.assert_array_equal(b["latent"], a["image"] * 2.0)
+        assert list(a["caption"]) == list(b["caption"])
+        np.testing.assert_array_equal(a["ids"], b["ids"])
+        dropped += sum(c == "" for c in a["caption"])
+    assert 0 < dropped < 60
+    with pytest.raises(ValueError, match="precomputed latents need deterministic pixels"):
+        P.PipelineConfig(batch_size=4, resolution=32, flip=True, latents=True)
+    with pytest.raises(ValueError, match=r"train.cache_latents needs deterministic pixels: "
+                                         r"data.crop 'center' and data.flip False"):
+        latent_cache.encode_source(shapes_source, lambda x: x, (32, 32, 3),
+                                   P.PipelineConfig(batch_size=4, resolution=24,
+                                                    crop="random"), progress=False)
+    with pytest.raises(ValueError, match=r"40 latents of shape \(4096, 4096, 16\) take "
+                                         r"40.0 GiB of host memory"):
+        latent_cache.encode_source(shapes_source, lambda x: x, (4096, 4096, 16), cfg)
+
+
 def test_epochs_are_reshuffled_permutations_and_processes_disjoint():
     src = _memory_source(12)
     cfg = P.PipelineConfig(batch_size=12, resolution=16, seed=0, num_epochs=2)

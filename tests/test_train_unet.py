@@ -87,6 +87,22 @@ def test_fsdp_sharded_params_match_data_parallel(dp_run, tmp_path):
     assert np.mean(np.abs(a - b) <= 1e-6 + 1e-4 * np.abs(b)) >= 0.999
 
 
+@pytest.mark.slow  # one more compile of the tiny train step (~45 s CPU)
+def test_cached_latents_train_the_same(dp_run, tmp_path):
+    """train.cache_latents: the same two steps as encoding in the step (same batches, keys
+    and caption dropout). Tolerance rtol 1e-5 on the losses: the encoder ran at another
+    batch size (256 instead of 8), float32 reduction order only."""
+    data, _, _, h_dp = dp_run
+    c = _config(data, 2)
+    c.train.cache_latents = True
+    _, hist = train_and_evaluate(c, str(tmp_path / "cached"))
+    np.testing.assert_allclose([h["loss"] for h in hist], [h["loss"] for h in h_dp],
+                               rtol=1e-5)
+    c.data.flip = True
+    with pytest.raises(ValueError, match="train.cache_latents needs deterministic pixels"):
+        train_and_evaluate(c, str(tmp_path / "flip"))
+
+
 def test_init_from_takes_a_finished_runs_ema_unet(dp_run):
     """`model.init_from` starts from a run's EMA UNet (how a second training stage continues
     a first); a run of another architecture is refused naming the parameter and both shapes."""

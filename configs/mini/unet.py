@@ -37,6 +37,7 @@ def get_config(arg=None):
     c.train = ml_collections.ConfigDict(dict(
         num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.999,
         snr_gamma=5.0, compute_dtype="float32", clip_skip=a.clip_skip,
+        cache_latents=True,  # the frozen encoder once over the 50k renders, not every step
         sample_every=1000, sample_steps=20, sample_guidance=4.0, sample_seeds=(0, 1),
         sample_params="ema_params", progress=True))
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))

@@ -32,6 +32,7 @@ def get_config(arg=None):
         snr_gamma=5.0,              # min-SNR-gamma weighting; 0 = uniform
         compute_dtype="float32",    # or "bfloat16" (master weights stay float32)
         clip_skip=-1,               # text layer the UNet reads; -1: the model folder's own
+        cache_latents=False,        # True: encode the set once (center crop, no flip only)
         sample_every=0,             # > 0: a sample grid PNG in workdir/samples every N steps
         sample_steps=20, sample_guidance=3.0, sample_seeds=(0, 1),
         sample_params="params",     # or "ema_params" (long runs)

@@ -36,6 +36,9 @@ class PipelineConfig:
     caption_key: str = "caption"
     num_epochs: int | None = None  # None: repeat forever
     drop_remainder: bool = True
+    # Examples carry a precomputed VAE "latent" instead of an image (a
+    # train.latent_cache.LatentSource): passed through as it is, no resize/crop/flip.
+    latents: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -46,6 +49,9 @@ class PipelineConfig:
             raise ValueError(f"crop must be 'center' or 'random', got {self.crop!r}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.latents and (self.crop != "center" or self.flip):
+            raise ValueError(f"precomputed latents need deterministic pixels (crop 'center', "
+                             f"no flip), got crop={self.crop!r}, flip={self.flip}")
 
 
 def resize_and_crop(image: np.ndarray, resolution: int, rng: np.random.Generator | None,
@@ -73,29 +79,37 @@ def resize_and_crop(image: np.ndarray, resolution: int, rng: np.random.Generator
     return image[top:top + resolution, left:left + resolution]
 
 
-def _caption_text(value) -> str:
+def caption_text(value) -> str:
+    """A caption feature (str, UTF-8 bytes, or a 0-d array of either) as str."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, np.ndarray) and value.ndim == 0:
-        return _caption_text(value.item())
+        return caption_text(value.item())
     return str(value)
 
 
 def _preprocess(cfg: PipelineConfig) -> Callable:
+    image_key = "latent" if cfg.latents else cfg.image_key
+
     def fn(example: dict, rng: np.random.Generator) -> dict:
-        for key in (cfg.image_key, cfg.caption_key):
+        for key in (image_key, cfg.caption_key):
             if key not in example:
                 raise KeyError(f"example has no feature {key!r}; it has {sorted(example)} "
                                f"(set image_key / caption_key)")
-        image = resize_and_crop(np.asarray(example[cfg.image_key]), cfg.resolution,
-                                rng if cfg.crop == "random" else None)
-        if cfg.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        caption = _caption_text(example[cfg.caption_key])
+        # The rng draws in this order whatever the mode (crop, flip, caption dropout), so a
+        # run on precomputed latents drops the same captions as one on the images.
+        if cfg.latents:
+            out = {"latent": np.asarray(example["latent"], np.float32)}
+        else:
+            image = resize_and_crop(np.asarray(example[image_key]), cfg.resolution,
+                                    rng if cfg.crop == "random" else None)
+            if cfg.flip and rng.random() < 0.5:
+                image = image[:, ::-1]
+            out = {"image": image.astype(np.float32) / 127.5 - 1.0}  # [-1, 1]: the VAE's
+        caption = caption_text(example[cfg.caption_key])
         if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
             caption = ""
-        pixels = image.astype(np.float32) / 127.5 - 1.0  # [-1, 1], what the VAE expects
-        return {"image": pixels, "caption": caption}
+        return {**out, "caption": caption}
     return fn
 
 
@@ -120,7 +134,8 @@ def caption_ids_memo(tokenize: Callable[[list[str]], np.ndarray]) -> Callable[[s
 def make_dataset(source: Sequence[dict], cfg: PipelineConfig,
                  tokenize: Callable[[list[str]], np.ndarray] | None = None, *,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Batches {"image": f32 [B, R, R, 3] in [-1, 1], "caption": str [B], "ids": [B, L]}.
+    """Batches {"image": f32 [B, R, R, 3] in [-1, 1], "caption": str [B], "ids": [B, L]}
+    ({"latent": f32 [B, h, w, c], ...} instead of "image" with cfg.latents).
 
     `tokenize(list_of_str) -> int array [n, L]` (e.g. `diffjax.text.load_tokenizer()`); ids
     are omitted when it is None. Each process reads the slice process_index::process_count

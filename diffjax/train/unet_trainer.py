@@ -10,11 +10,13 @@ The UNet's params, EMA and Adam moments are sharded by their logical axes over t
 mesh (`sharding.param_shardings`: fsdp/tensor axes, what does not divide is replicated),
 so an SD-size UNet trains FSDP-style; the frozen CLIP/VAE are replicated. Latents are the
 VAE posterior's mean (deterministic: exact resume needs no extra RNG stream) times the
-VAE's scaling factor.
+VAE's scaling factor; with `train.cache_latents` they are computed once for the whole set
+before training (latent_cache.py) instead of in every step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -86,11 +88,6 @@ def train_and_evaluate(config, workdir: str):
         seed=c.seed, crop=c.data.crop, flip=c.data.flip, caption_dropout=c.data.caption_dropout,
         image_key=c.data.image_key, caption_key=c.data.caption_key)
 
-    def batches():
-        return iter(pipeline.make_dataset(source, pcfg, tokenizer,
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count()))
-
     sched = comps.scheduler
     acp = schedules.alphas_cumprod_for(sched["beta_schedule"], sched["num_train_timesteps"],
                                        sched["beta_start"], sched["beta_end"],
@@ -110,9 +107,30 @@ def train_and_evaluate(config, workdir: str):
     # declares one, e.g. diffjax-mini's 2), so a fine-tune keeps what sampling will feed it.
     clip_skip = resolve_clip_skip(int(c.train.get("clip_skip", -1)), comps, "train.clip_skip")
 
+    def encode(vae_params, pixels):
+        return vae.apply({"params": vae_params}, pixels,
+                         method=AutoencoderKL.encode).mean * scaling
+
+    # train.cache_latents: the frozen encoder runs once over the set (latent_cache.py), and
+    # the step reads the latents; same examples, order and caption dropout as without.
+    cache = bool(c.train.get("cache_latents", False))
+    if cache:
+        from diffjax.train import latent_cache
+        s = c.data.resolution // comps.vae_config.downsample_factor
+        encode_jit = jax.jit(encode)
+        source = latent_cache.encode_source(
+            source, lambda x: encode_jit(comps.vae_params, x),
+            (s, s, comps.vae_config.latent_channels), pcfg,
+            progress=c.train.get("progress", True))
+        pcfg = dataclasses.replace(pcfg, latents=True)
+
+    def batches():
+        return iter(pipeline.make_dataset(source, pcfg, tokenizer,
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count()))
+
     def full_step(state, frozen, batch, key):
-        latents = vae.apply({"params": frozen["vae"]}, batch["image"],
-                            method=AutoencoderKL.encode).mean * scaling
+        latents = batch["latent"] if cache else encode(frozen["vae"], batch["image"])
         context = text.apply({"params": frozen["text"]}, batch["ids"],
                              clip_skip=clip_skip).context
         return inner(state, {"x0": jax.lax.stop_gradient(latents),
@@ -122,7 +140,7 @@ def train_and_evaluate(config, workdir: str):
     state = create_train_state(_initial_unet_params(c, comps), tx)
     repl = sharding.replicated(mesh)
     state_shardings = unet_state_shardings(unet, comps, tx, state, mesh)
-    batch_spec = {"image": sharding.batch_sharding(mesh, 4),
+    batch_spec = {"latent" if cache else "image": sharding.batch_sharding(mesh, 4),
                   "ids": sharding.batch_sharding(mesh, 2)}
     jitted = jax.jit(full_step, in_shardings=(state_shardings, repl, batch_spec, repl),
                      out_shardings=(state_shardings, repl), donate_argnums=0)
