@@ -74,6 +74,36 @@ def test_each_distinct_caption_is_tokenized_once():
     assert ids_of("a") is ids_of("a") and not ids_of("a").flags.writeable
 
 
+def test_examples_are_read_once_within_the_memory_cap():
+    """MemoSource: two epochs read each record once; past the byte cap, examples are read
+    again each time; what it returns equals the source and is read-only."""
+    reads = []
+
+    class Counting:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return {"image": np.full((4, 4, 3), i, np.uint8), "caption": f"c{i}"}
+
+    cfg = P.PipelineConfig(batch_size=4, resolution=4)
+    it = iter(P.make_dataset(Counting(), cfg))
+    batches = [next(it) for _ in range(4)]  # two epochs
+    assert sorted(reads) == list(range(8))
+    assert sorted(b for x in batches for b in x["caption"]) == sorted([f"c{i}" for i in
+                                                                      range(8)] * 2)
+    memo = P.MemoSource(Counting(), max_bytes=3 * (48 + 2))  # room for 3 examples
+    reads.clear()
+    for _ in range(2):
+        for i in range(8):
+            ex = memo[i]
+            assert ex["caption"] == f"c{i}" and (ex["image"] == i).all()
+            assert not ex["image"].flags.writeable
+    assert sorted(reads) == sorted(list(range(8)) + list(range(3, 8)))
+    assert memo.bytes == 150
+
+
 def test_latent_source_gives_the_image_pipelines_examples(shapes_source):
     """train.cache_latents: a LatentSource (here 'latents' that are the pixels themselves)
     through the pipeline gives the image pipeline's batches -- same examples, order and
