@@ -1,6 +1,5 @@
-"""diffjax-mini from scratch, in order: data -> (clip, vae) -> assemble -> (unet,
-vae_decoder) -> package -> evaluate; stages in parentheses run side by side. Each training
-stage resumes from its checkpoints when rerun.
+"""diffjax-mini from scratch, in order: data -> clip -> vae -> assemble -> unet -> package
+-> evaluate. Each training stage resumes from its checkpoints when rerun.
 
     python tools/mini_recipe.py all                 # the whole recipe (see the README's times)
     python tools/mini_recipe.py evaluate            # prompt accuracy + CLIP ranking + grid
@@ -10,12 +9,10 @@ Why a script and not one config: the three networks train in sequence, each froz
 the next (as Stable Diffusion's were), and two steps sit between trainings: `assemble`
 writes a diffusers-format folder with the trained CLIP (text and image towers) and VAE
 plus a fresh UNet (the UNet trainer's `model`), after measuring the VAE's latent scaling
-factor (1/std of its latents, as LDM chose 0.18215); while the UNet trains on the frozen
-encoder's latents, `vae_decoder` fine-tunes the decoder alone (configs/mini/vae_decoder.py,
-edge-weighted); `package` writes the EMA UNet and decoder into the shipped folder (float16
-storage, < 25 MB). Every training stage is a plain
-`diffjax train --config configs/mini/<stage>.py:<args>` run; its workdir's config.json
-reruns it.
+factor (1/std of its latents, as LDM chose 0.18215); `package` writes the EMA UNet into
+that folder as the shipped model (float16 storage, < 25 MB). Every training stage is a
+plain `diffjax train --config configs/mini/<stage>.py:<args>` run; its workdir's
+config.json reruns it.
 """
 
 from __future__ import annotations
@@ -31,24 +28,21 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The recipe: groups of stages in order; the stages of one group are independent and run
-# side by side, each in its own process. (On the 2-core CI-like CPU that saved no time:
-# CLIP and VAE took 31.2 min side by side against 29.7 one after the other; README.)
-PLAN = (("data",), ("clip", "vae"), ("assemble",), ("unet", "vae_decoder"), ("package",),
-        ("evaluate",))
-STAGES = tuple(s for group in PLAN for s in group)
-TRAIN_STAGES = ("clip", "vae", "unet", "vae_decoder")
+# The recipe, one stage after another in this process. (Side by side, as separate
+# processes, saved nothing on the 2-core CPU: CLIP and VAE took 31.2 min together against
+# 29.7 one after the other.)
+PLAN = ("data", "clip", "vae", "assemble", "unet", "package", "evaluate")
+STAGES = PLAN
+TRAIN_STAGES = ("clip", "vae", "unet")
 # The UNet is conditioned on the text tower's token embeddings (clip_skip 2 of its 2
 # layers), not its last layer: the last layer gives the shape word of an unseen (shape,
 # colour) pair nearly the state of a seen pair of that colour (purple star ~ purple
 # triangle, cosine 0.958) and a UNet trained on it drew held-out pairs as seen ones (77.4%
 # right); the embeddings keep each word apart (tools/mini_heldout_probes.py states).
 UNET_CLIP_SKIP = 2
-# The decoder is fine-tuned alone with edge-weighted L1 while the UNet trains (plain L1
-# left small stars as blobs): configs/mini/vae_decoder.py. Both configs' defaults are the
-# recipe's steps; here only what a stage takes from the runs before it.
-STAGE_ARGS = {"vae_decoder": lambda runs: {"init_from": os.path.join(runs, "vae")},
-              "unet": lambda runs: {"model": os.path.join(runs, "base"),
+# The configs' defaults are the recipe's steps; here only what a stage takes from the runs
+# before it.
+STAGE_ARGS = {"unet": lambda runs: {"model": os.path.join(runs, "base"),
                                     "clip_skip": UNET_CLIP_SKIP}}
 DATA_SIZES = {"train": 50000, "test": 1000, "holdout": 1000}
 SHIPPED = os.path.join(ROOT, "diffjax", "assets", "mini")
@@ -142,8 +136,8 @@ def repo_relative(value):
 
 
 def stage_package(a) -> None:
-    """The shipped folder: runs/base with the UNet run's EMA UNet (declaring the clip_skip
-    it was trained on) and the decoder run's EMA decoder, float16 storage."""
+    """The shipped folder: runs/base (the CLIP and VAE runs' EMA params) with the UNet
+    run's EMA UNet, declaring the clip_skip it was trained on; float16 storage."""
     import shutil
 
     from diffjax.metrics.clip_features import write_normalization
@@ -156,7 +150,6 @@ def stage_package(a) -> None:
     # The layer the UNet run was trained on, as its config.json says (-1: the base's own).
     comps.clip_skip = resolve_clip_skip(configs["unet"]["train"]["clip_skip"], comps,
                                         "runs' unet train.clip_skip")
-    comps.vae_params, decoder_step = load_trained_params(os.path.join(a.runs, "vae_decoder"))
     tmp = a.out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     export_sd_folder(comps, tmp, dtype="float16")
@@ -166,15 +159,13 @@ def stage_package(a) -> None:
         json.dump({"what": "diffjax-mini: CLIP + KL-f4 VAE + UNet trained from scratch on "
                            "`shapes` (32 px) by tools/mini_recipe.py",
                    "seed": a.seed, "unet_step": unet_step, "clip_skip": comps.clip_skip,
-                   "vae_decoder_step": decoder_step,
                    "dataset_sizes": DATA_SIZES,
                    "date": datetime.date.today().isoformat(), "train_seconds": times,
                    "configs": configs}, f, indent=1)
     shutil.rmtree(a.out, ignore_errors=True)
     os.replace(tmp, a.out)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(a.out) for f in fs)
-    print(f"packaged {a.out}: {size / 1e6:.1f} MB, UNet step {unet_step}, VAE decoder "
-          f"step {decoder_step}")
+    print(f"packaged {a.out}: {size / 1e6:.1f} MB, UNet step {unet_step}")
 
 
 def sample_pipeline(model: str, batch: int):
@@ -327,32 +318,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.stage == "all":
         t0 = time.time()
-        for group in PLAN:
-            run_group(a, group)
+        for s in PLAN:
+            run_stage(a, s)
+            if s == "package":  # the model is made: the recipe's time to train it
+                _log_time(a, "wall_to_package", time.time() - t0)
         _log_time(a, "recipe_wall", time.time() - t0)
     else:
         run_stage(a, a.stage)
     return 0
-
-
-def run_group(a, group: tuple) -> None:
-    """One stage in this process; several as parallel processes, each logging to
-    RUNS/STAGE.log."""
-    if len(group) == 1:
-        return run_stage(a, group[0])
-    import subprocess
-    os.makedirs(a.runs, exist_ok=True)
-    procs = {}
-    for s in group:
-        log = os.path.join(a.runs, f"{s}.log")
-        print(f"== {s} (in parallel; log {log})", flush=True)
-        with open(log, "a") as f:  # the child holds its own copy of the handle
-            procs[s] = subprocess.Popen(
-                [sys.executable, __file__, s, "--runs", a.runs, "--data", a.data, "--seed",
-                 str(a.seed)], stdout=f, stderr=subprocess.STDOUT)
-    failed = [s for s, p in procs.items() if p.wait()]
-    if failed:
-        raise RuntimeError(f"stage(s) {failed} failed; see their logs in {a.runs}")
 
 
 def run_stage(a, s: str) -> None:

@@ -3,7 +3,13 @@
     diffjax train --config configs/mini/vae.py --workdir runs/mini/vae
 
 The whole recipe, in order, is in tools/mini_recipe.py (and the README). Arg keys:
-dataset (the built `shapes` dir), steps, batch, seed.
+dataset (the built `shapes` dir), steps, batch, seed, edge_weight.
+
+Why edge_weight 60 (each pixel's L1 error weighed by its edge strength;
+diffjax/train/vae_trainer.vae_loss): with plain L1 the decoder draws small stars and
+crosses as blobs (a star's tips are a few of 1,024 pixels). Oracle agreement on the round
+trip of 500 test renders, 2,500 steps: plain L1 62.6%, edge-weighted 97.2% -- the
+previous recipe reached 98.6% only with a second 5,000-step decoder-only run.
 """
 
 import ml_collections
@@ -14,7 +20,7 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, dataset=DATASET, steps=2500, batch=32, seed=0)
+    a = parse_arg(arg, dataset=DATASET, steps=2500, batch=32, seed=0, edge_weight=60.0)
     c = ml_collections.ConfigDict()
     c.trainer = "vae"
     c.seed = a.seed
@@ -29,6 +35,7 @@ def get_config(arg=None):
         num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.995,
         kl_weight=1e-6,    # LDM's weight: a nearly deterministic latent
         recon_loss="l1",
-        decode_from="sample"))  # "mean": see diffjax/train/vae_trainer.py
+        decode_from="sample",  # "mean": see diffjax/train/vae_trainer.py
+        edge_weight=a.edge_weight))
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
     return c
