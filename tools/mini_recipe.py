@@ -32,7 +32,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # processes, saved nothing on the 2-core CPU: CLIP and VAE took 31.2 min together against
 # 29.7 one after the other.)
 PLAN = ("data", "clip", "vae", "assemble", "unet", "package", "evaluate")
-STAGES = PLAN
 TRAIN_STAGES = ("clip", "vae", "unet")
 # The UNet is conditioned on the text tower's token embeddings (clip_skip 2 of its 2
 # layers), not its last layer: the last layer gives the shape word of an unseen (shape,
@@ -306,7 +305,7 @@ def stage_evaluate(a) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=STAGES + ("all",))
+    p.add_argument("stage", choices=PLAN + ("all",))
     p.add_argument("--runs", default="runs/mini", help="workdirs of the three trainings")
     p.add_argument("--data", default="data", help="tfds data_dir for `shapes`")
     p.add_argument("--seed", type=int, default=SHIPPED_SEED,

@@ -137,7 +137,8 @@ def training_text_length(length: int, max_positions: int) -> int:
     end-of-text token, so its embedding depends only on the tokens up to there, and the
     positions after it get no gradient at any length; captions that fit (longer ones are
     truncated, with a warning per caption) train exactly as at 77, in fewer FLOPs (mini
-    CLIP at 32: a step 0.68 s instead of 0.90). Sampling still feeds the tower 77.
+    CLIP at 32: a step 0.68 s instead of 0.90, both measured beside another job).
+    Sampling still feeds the tower 77.
     """
     if not 3 <= int(length) <= max_positions:
         raise ValueError(f"data.text_length {length} must be in [3, {max_positions}] (start "
