@@ -79,16 +79,18 @@ def resize_and_crop(image: np.ndarray, resolution: int, rng: np.random.Generator
     return image[top:top + resolution, left:left + resolution]
 
 
-def caption_text(value) -> str:
+def _caption_text(value) -> str:
     """A caption feature (str, UTF-8 bytes, or a 0-d array of either) as str."""
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, np.ndarray) and value.ndim == 0:
-        return caption_text(value.item())
+        return _caption_text(value.item())
     return str(value)
 
 
-def _preprocess(cfg: PipelineConfig) -> Callable:
+def preprocess(cfg: PipelineConfig) -> Callable:
+    """`fn(example, rng) -> {"image" | "latent", "caption"}`: one example as a batch row.
+    rng may be None where cfg draws nothing (center crop, no flip, no caption dropout)."""
     image_key = "latent" if cfg.latents else cfg.image_key
 
     def fn(example: dict, rng: np.random.Generator) -> dict:
@@ -106,7 +108,7 @@ def _preprocess(cfg: PipelineConfig) -> Callable:
             if cfg.flip and rng.random() < 0.5:
                 image = image[:, ::-1]
             out = {"image": image.astype(np.float32) / 127.5 - 1.0}  # [-1, 1]: the VAE's
-        caption = caption_text(example[cfg.caption_key])
+        caption = _caption_text(example[cfg.caption_key])
         if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
             caption = ""
         return {**out, "caption": caption}
@@ -187,7 +189,7 @@ def make_dataset(source: Sequence[dict], cfg: PipelineConfig,
     if process_count > 1:
         ds = ds[process_index::process_count]
     # Seed offset by process: the per-example rng depends on (seed, process, position).
-    ds = ds.random_map(_preprocess(cfg), seed=cfg.seed * 1009 + process_index + 1)
+    ds = ds.random_map(preprocess(cfg), seed=cfg.seed * 1009 + process_index + 1)
     if tokenize is not None:
         ids_of = caption_ids_memo(tokenize)
         ds = ds.map(lambda ex: {**ex, "ids": ids_of(ex["caption"])})

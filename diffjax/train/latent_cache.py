@@ -12,6 +12,7 @@ memory (MAX_CACHE_BYTES); each process encodes the whole set.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
@@ -55,21 +56,14 @@ def encode_source(source: Sequence[dict], encode: Callable[[np.ndarray], np.ndar
                          f"take {size / 2**30:.1f} GiB of host memory, over the "
                          f"{MAX_CACHE_BYTES / 2**30:.0f} GiB limit; set it False")
     from tqdm import tqdm
+    pixels_of = pipeline.preprocess(dataclasses.replace(cfg, caption_dropout=0.0))  # no rng
     latents = np.empty((n, *latent_shape), np.float32)
     captions = []
     for start in tqdm(range(0, n, batch_size), desc="caching latents", unit="batch",
                       disable=not progress):
-        examples = [source[i] for i in range(start, min(start + batch_size, n))]
-        for ex in examples:
-            for key in (cfg.image_key, cfg.caption_key):
-                if key not in ex:
-                    raise KeyError(f"example has no feature {key!r}; it has {sorted(ex)} "
-                                   f"(set image_key / caption_key)")
+        rows = [pixels_of(source[i], None) for i in range(start, min(start + batch_size, n))]
         pixels = np.zeros((batch_size, cfg.resolution, cfg.resolution, 3), np.float32)
-        for row, ex in enumerate(examples):  # the last batch zero-padded: one compile
-            image = pipeline.resize_and_crop(np.asarray(ex[cfg.image_key]), cfg.resolution,
-                                             None)
-            pixels[row] = image.astype(np.float32) / 127.5 - 1.0  # as the pipeline does
-        latents[start:start + len(examples)] = np.asarray(encode(pixels))[:len(examples)]
-        captions += [pipeline.caption_text(ex[cfg.caption_key]) for ex in examples]
+        pixels[:len(rows)] = np.stack([r["image"] for r in rows])  # last batch: padded
+        latents[start:start + len(rows)] = np.asarray(encode(pixels))[:len(rows)]
+        captions += [r["caption"] for r in rows]
     return LatentSource(latents, captions)
