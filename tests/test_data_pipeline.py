@@ -113,6 +113,8 @@ def test_latent_source_gives_the_image_pipelines_examples(shapes_source):
     cached = latent_cache.encode_source(shapes_source, lambda x: x * 2.0, (32, 32, 3), cfg,
                                         batch_size=16, progress=False)   # 40 = 16 + 16 + 8
     assert len(cached) == len(shapes_source)
+    with pytest.raises(ValueError, match="read-only"):  # examples are views of the cache
+        cached[0]["latent"][0, 0, 0] = 1.0
     cfg_l = P.PipelineConfig(batch_size=4, resolution=32, seed=5, caption_dropout=0.5,
                              latents=True)
     images = iter(P.make_dataset(shapes_source, cfg, _fake_tokenize))

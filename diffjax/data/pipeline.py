@@ -184,7 +184,9 @@ def make_dataset(source: Sequence[dict], cfg: PipelineConfig,
         raise ValueError("the data source is empty")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    ds = grain.MapDataset.source(MemoSource(source)).shuffle(seed=cfg.seed)
+    # Precomputed latents are already decoded and in memory: a memo would only copy them.
+    ds = grain.MapDataset.source(source if cfg.latents else MemoSource(source))
+    ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
     if process_count > 1:
         ds = ds[process_index::process_count]

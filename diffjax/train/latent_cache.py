@@ -30,7 +30,8 @@ class LatentSource:
     def __init__(self, latents: np.ndarray, captions: Sequence[str]):
         if len(latents) != len(captions):
             raise ValueError(f"{len(latents)} latents but {len(captions)} captions")
-        self.latents, self.captions = latents, list(captions)
+        self.latents, self.captions = np.asarray(latents), list(captions)
+        self.latents.flags.writeable = False  # examples are views: nothing may edit the cache
 
     def __len__(self) -> int:
         return len(self.captions)
