@@ -136,7 +136,9 @@ def train_and_evaluate(config, workdir: str):
         return inner(state, {"x0": jax.lax.stop_gradient(latents),
                              "context": jax.lax.stop_gradient(context)}, key)
 
-    frozen = {"text": comps.text_params, "vae": comps.vae_params}
+    frozen = {"text": comps.text_params}
+    if not cache:  # with the cache, the step never reads the VAE: keep it off the device
+        frozen["vae"] = comps.vae_params
     state = create_train_state(_initial_unet_params(c, comps), tx)
     repl = sharding.replicated(mesh)
     state_shardings = unet_state_shardings(unet, comps, tx, state, mesh)
