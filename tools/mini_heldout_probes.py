@@ -4,6 +4,7 @@ experiments/results/mini/README.md ("Held-out combinations"), rerunnable on any 
     python tools/mini_heldout_probes.py pairs   [--model mini] [--n 300]
     python tools/mini_heldout_probes.py splice  [--model mini] [--seeds 16]
     python tools/mini_heldout_probes.py states  [--model mini]
+    python tools/mini_heldout_probes.py article [--model mini] [--n 64] [--seeds 16]
 
 `pairs`: shape accuracy (oracle) per held-out pair on `holdout` captions 500..500+n (seeds
 the same), kept apart from `mini_recipe.py evaluate`'s 0..499 so nothing is tuned on it;
@@ -14,6 +15,9 @@ shape from?
 `states`: cosine between the text tower's states at the shape token (and at the last
 word) of "a large {colour} {shape} in the center" for held-out pairs and their nearest
 seen neighbours, at each clip_skip.
+`article`: a word the mini CLIP never trained on. `shapes` writes "a orange"; the first n
+`test` captions that say it, sampled as written and as "an orange" (same seeds), and
+"an orange cross at the top" on `seeds` seeds: does the untrained "an" change the image?
 """
 
 from __future__ import annotations
@@ -131,18 +135,52 @@ def probe_states(model: str) -> dict:
     return out
 
 
+def probe_article(model: str, n: int, seeds: int) -> dict:
+    """Prompt accuracy (oracle) of n seen captions with "a orange" and with "an orange";
+    the colours drawn for "an orange cross at the top" over `seeds` seeds."""
+    import re
+
+    from diffjax.data import shapes as S
+    from diffjax.metrics import shapes_oracle
+    pipe = sample_pipeline(model, max(n, seeds))
+    captions, ids, i = [], [], 0
+    while len(captions) < n:
+        caption = S.example("test", i, 32)["caption"]
+        if re.search(r"\ba orange\b", caption):
+            captions.append(caption)
+            ids.append(i)
+        i += 1
+    out = {"captions": n, "first_test_indices": ids[:5]}
+    for name, written in (("a orange", captions),
+                          ("an orange", [re.sub(r"\ba orange\b", "an orange", c)
+                                         for c in captions])):
+        images = pipe(written, ids)
+        right = [shapes_oracle.check(im, c)["all"] for im, c in zip(images, written)]
+        out[f"prompt_accuracy {name}"] = round(float(np.mean(right)), 4)
+    cross = "an orange cross at the top"
+    images = pipe([cross] * seeds, list(range(seeds)))
+    found = [shapes_oracle.analyze(im) for im in images]
+    out[cross] = {"seeds": seeds,
+                  "colours": dict(collections.Counter(f["colour"] for f in found)),
+                  "shapes": dict(collections.Counter(f["shape"] for f in found))}
+    return out
+
+
 def main(argv=None) -> int:
     import json
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("probe", choices=("pairs", "splice", "states"))
+    p.add_argument("probe", choices=("pairs", "splice", "states", "article"))
     p.add_argument("--model", default="mini", help="model name or folder")
-    p.add_argument("--n", type=int, default=300, help="pairs: held-out captions")
-    p.add_argument("--seeds", type=int, default=16, help="splice: images per splice")
+    p.add_argument("--n", type=int, default=None,
+                   help="pairs: held-out captions (300); article: seen captions (64)")
+    p.add_argument("--seeds", type=int, default=16,
+                   help="splice: images per splice; article: seeds of the orange cross")
     a = p.parse_args(argv)
     sys.path.insert(0, ROOT)
-    result = {"pairs": lambda: probe_pairs(a.model, a.n),
+    result = {"pairs": lambda: probe_pairs(a.model, a.n or 300),
               "splice": lambda: probe_splice(a.model, a.seeds),
-              "states": lambda: probe_states(a.model)}[a.probe]()
+              "states": lambda: probe_states(a.model),
+              "article": lambda: probe_article(a.model, a.n or 64, a.seeds)}[a.probe]()
     print(json.dumps(result, indent=1))
     return 0
 
