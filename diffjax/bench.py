@@ -231,8 +231,12 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None) -> dict:
-    """One row of the report: every measurement at batch size b."""
+def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
+                on_part=None) -> dict:
+    """One row of the report: every measurement at batch size b. on_part(row so far) once
+    the UNet call is measured, before the sample program compiles: at a size where that
+    program cannot be built (it asked one H100 for 134.6 GB at batch 16) the UNet call's
+    time and MFU are still reported."""
     import jax
     import jax.numpy as jnp
 
@@ -271,6 +275,15 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None) -> dict:
     else:
         times = _interleaved({"ours": ours, "theirs": theirs[0]}, spec.repeats)
         unet_s = times["ours"]
+    row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
+               unet_flops_xla=xla_flops, unet_flops_analytic=analytic,
+               mfu=(analytic / unet_s / peak) if peak else None, unet_temp_bytes=unet_temp)
+    if theirs is not None:
+        row.update(diffusers_unet_call_s=times["theirs"],
+                   diffjax_over_diffusers=unet_s / times["theirs"],
+                   torch_threads=theirs[1])
+    if on_part is not None:
+        on_part({**row, **peak_memory()})
     _say(f"batch {b}: compiling the {spec.steps}-step sample program")
     sample_compile = pipe.compile_seconds()
     sample_temp = pipe.memory_plan().get("temp_bytes")
@@ -280,17 +293,9 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None) -> dict:
     sample_s = _time(lambda: pipe(prompts, seeds), spec.repeats)
     vae_s = _decode_time(pipe, b, lh, lw, spec.repeats)
     nfe = get_sampler(spec.sampler).nfe(spec.steps)
-    row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
-               sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
+    row.update(sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
                nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),
-               images_per_s=b / sample_s, unet_flops_xla=xla_flops,
-               unet_flops_analytic=analytic,
-               mfu=(analytic / unet_s / peak) if peak else None,
-               unet_temp_bytes=unet_temp, sample_temp_bytes=sample_temp)
-    if theirs is not None:
-        row.update(diffusers_unet_call_s=times["theirs"],
-                   diffjax_over_diffusers=unet_s / times["theirs"],
-                   torch_threads=theirs[1])
+               images_per_s=b / sample_s, sample_temp_bytes=sample_temp)
     row.update(peak_memory())
     return row
 
@@ -309,12 +314,20 @@ def run_bench(spec: BenchSpec, on_result=None) -> dict:
                   startup=None, spec=dataclasses.asdict(spec),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), rows=[])
     for b in spec.batch_sizes:
+        done = list(result["rows"])
+        part: dict = {}
+
+        def on_part(row):  # the UNet call's figures, written before the sample's compile
+            part.update(row)
+            if on_result is not None:
+                on_result({**result, "rows": done + [row]})
         try:
-            row = bench_batch(spec, comps, b, peak)
+            row = bench_batch(spec, comps, b, peak, on_part)
         except jax.errors.JaxRuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            _say(f"batch {b}: failed: {first}")
-            row = dict(batch=b, error=first[:500])
+            where = "sample program" if part else "UNet call"
+            _say(f"batch {b}: failed in the {where}: {first}")
+            row = dict(part, batch=b, error=f"{where}: {first[:500]}")
         result["rows"].append(row)
         if on_result is not None:
             on_result(result)

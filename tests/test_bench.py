@@ -67,25 +67,33 @@ def test_unet_flops_xla_counts_every_attention_block():
 
 def test_a_failing_batch_size_is_a_row_and_the_rest_still_runs(monkeypatch):
     """XLA refusing one batch size (out of device memory, as SD1.5 at batch 16 did on an
-    H100) must not lose the others: the error becomes that row, each finished batch is
-    handed to on_result (the CLI writes results.json there) as it completes."""
+    H100) must not lose the others: the error becomes that row, keeping the UNet call's
+    figures when only the sample program failed; each UNet call and each finished batch
+    is handed to on_result (the CLI writes results.json there) as it completes."""
     import jax
 
     from diffjax import bench
 
-    def fake_batch(spec, comps, b, peak):
+    def fake_batch(spec, comps, b, peak, on_part):
         if b == 16:
             raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying "
                                              "to allocate 134.6GiB\nmore detail")
-        return dict(batch=b, unet_call_s=0.5)
+        on_part(dict(batch=b, unet_call_s=0.5))
+        if b == 2:  # the UNet call measured, then the sample program fails
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: 99 GiB")
+        return dict(batch=b, unet_call_s=0.5, sample_s=2.0)
 
     monkeypatch.setattr(bench, "bench_batch", fake_batch)
     monkeypatch.setattr(bench, "device_peak", lambda dtype: (1e12, "test"))
     seen = []
     result = bench.run_bench(bench.BenchSpec(batch_sizes=(1, 16, 2)),
                              on_result=lambda r: seen.append([row["batch"] for row in r["rows"]]))
-    assert seen == [[1], [1, 16], [1, 16, 2]]
-    assert result["rows"][1] == {"batch": 16, "error": "RESOURCE_EXHAUSTED: Out of memory "
-                                                       "while trying to allocate 134.6GiB"}
+    # Each UNet call's row is handed over before its sample program is built.
+    assert seen == [[1], [1], [1, 16], [1, 16, 2], [1, 16, 2]]
+    assert result["rows"][1] == {"batch": 16, "error": "UNet call: RESOURCE_EXHAUSTED: Out "
+                                                       "of memory while trying to allocate "
+                                                       "134.6GiB"}
+    assert result["rows"][2] == {"batch": 2, "unet_call_s": 0.5,
+                                 "error": "sample program: RESOURCE_EXHAUSTED: 99 GiB"}
     table = bench.markdown(result)
-    assert "| 2 | 0.5 |" in table and "batch 16 failed: RESOURCE_EXHAUSTED" in table
+    assert "| 2 | 0.5 |" in table and "batch 16 failed: UNet call: RESOURCE_EXHAUSTED" in table
