@@ -314,13 +314,12 @@ def run_bench(spec: BenchSpec, on_result=None) -> dict:
                   startup=None, spec=dataclasses.asdict(spec),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), rows=[])
     for b in spec.batch_sizes:
-        done = list(result["rows"])
         part: dict = {}
 
         def on_part(row):  # the UNet call's figures, written before the sample's compile
             part.update(row)
             if on_result is not None:
-                on_result({**result, "rows": done + [row]})
+                on_result({**result, "rows": result["rows"] + [row]})
         try:
             row = bench_batch(spec, comps, b, peak, on_part)
         except jax.errors.JaxRuntimeError as e:
