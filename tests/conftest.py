@@ -1,9 +1,17 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) so sharding tests run here.
+"""Test setup: 8 fake CPU devices (set before jax is imported) so sharding tests run here,
+and the `parity` marker's skip.
 
 JAX_PLATFORMS set beforehand (e.g. =cuda, tools/gpu_check.sh) runs the tests there; the
 sharding tests that need 8 devices are then deselected with -k "not shard".
+
+Parity tests compare against PyTorch references (torch, diffusers, transformers' models) that
+only the dev extra installs. They carry `@pytest.mark.parity`; without the dev extra
+(`pip install -e . pytest`) they are skipped with the reason, and `pytest -m "not parity"`
+leaves them out. With the dev extra installed (CI) nothing is skipped. Test modules import
+these references inside a `try` so the pure-JAX tests beside them still run.
 """
 
+import importlib.util
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -13,6 +21,26 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 if os.environ["JAX_PLATFORMS"] == "cpu":
     assert jax.device_count() == 8, "conftest must run before anything imports jax"
+
+
+PARITY_REFERENCES = ("torch", "diffusers")
+
+
+def missing_parity_references() -> list[str]:
+    """The dev extra's reference packages that are not installed (find_spec: nothing imported)."""
+    return [name for name in PARITY_REFERENCES if importlib.util.find_spec(name) is None]
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = missing_parity_references()
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"parity test: {', '.join(missing)} not installed "
+                                   "(the dev extra: pip install -e '.[dev]')")
+    for item in items:
+        if item.get_closest_marker("parity"):
+            item.add_marker(skip)
