@@ -276,26 +276,3 @@ def test_order_of_convergence(order_problem, name):
             errs.append(float(np.max(np.abs(np.asarray(run(jnp.asarray(x0), grid(n))) - ref))))
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert abs(slope - info.order) <= 0.3, (slope, errs)
-
-
-# ------------------------------------------------------------------ named errors
-def test_bad_input_is_named():
-    s = jnp.asarray([10.0, 1.0, 0.0])
-    with pytest.raises(ValueError, match="unknown sampler 'eulr'; valid: .*euler_ancestral"):
-        samplers.run_sampler("eulr", DENOISE, jnp.ones(6), s, None)
-    with pytest.raises(ValueError, match="strictly decreasing"):
-        samplers.run_sampler("euler", DENOISE, jnp.ones(6), jnp.asarray([1.0, 2.0, 0.0]), None)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        samplers.run_sampler("euler", DENOISE, jnp.ones(6), jnp.asarray([1.0]), None)
-    with pytest.raises(ValueError, match="'euler' has no option.*'order'"):
-        samplers.run_sampler("euler", DENOISE, jnp.ones(6), s, None, order=3)
-    with pytest.raises(ValueError, match="lms order must be 1..4, got 5"):
-        samplers.run_sampler("lms", DENOISE, jnp.ones(6), s, None, order=5)
-
-
-def test_catalogue_lists_every_sampler():
-    table = samplers.catalogue_table(steps=10)
-    for name, info in samplers.SAMPLERS.items():
-        row = next(line for line in table.splitlines() if line.split()[0] == name)
-        assert row.split()[1] == str(info.nfe(10))
-    assert samplers.SAMPLERS["heun"].nfe(10) == 19 and samplers.SAMPLERS["plms"].nfe(10) == 11

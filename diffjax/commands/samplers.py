@@ -1,4 +1,5 @@
-"""`diffjax samplers`: the sampler catalogue (name, NFE for N steps, order, noise, reference)."""
+"""`diffjax samplers`: the sampler catalogue (name, NFE for N steps, order, noise, reference)
+and every sampler's options with their defaults (settable as `sampler.options.<name>`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What every sampler shares: its catalogue entry, per-step noise, and input checks.
+"""What every sampler shares: its catalogue entry, options, per-step noise, input checks.
 
 Signature of every sampler (k-diffusion style, VE/"Karras" parameterisation):
 
@@ -14,10 +14,35 @@ from `fold_in(key, i)` so a trajectory depends on its own key only.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from diffjax.config import ConfigError
+
+# Every sampler's leading parameters; whatever follows them is an option.
+POSITIONAL = ("denoise", "x", "sigmas", "key")
+
+
+class SamplerOptionError(ConfigError):
+    """A sampler option is unknown or has a bad value. A ConfigError, so a command that
+    passes a config's `sampler.options` through exits 2 with this one-line message."""
+
+
+def signature_options(fn: Callable) -> dict[str, object]:
+    """{option: default} of a sampler function: its keyword parameters after POSITIONAL.
+
+    Read from the signature so the catalogue cannot drift from the code that runs."""
+    params = list(inspect.signature(fn).parameters.values())
+    head = tuple(p.name for p in params[:len(POSITIONAL)])
+    if head != POSITIONAL:
+        raise TypeError(f"{fn.__name__} must start with {POSITIONAL}, got {head}")
+    missing = [p.name for p in params[len(POSITIONAL):] if p.default is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"{fn.__name__}: options {missing} have no default")
+    return {p.name: p.default for p in params[len(POSITIONAL):]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +54,34 @@ class SamplerInfo:
     order: int                  # order of convergence of the deterministic solver (default options)
     stochastic: bool            # draws noise during sampling
     reference: str              # paper + algorithm it implements
-    options: tuple[str, ...] = ()  # keyword options it accepts
+
+    @property
+    def options(self) -> dict[str, object]:
+        """{option: default}, from `fn`'s signature."""
+        return signature_options(self.fn)
+
+
+def check_option_value(sampler: str, name: str, value, default) -> None:
+    """The value's type must be the default's (an int is a float); floats must not be NaN,
+    and may be infinite only where the default is (heun's s_tmax)."""
+    def bad(why: str):
+        return SamplerOptionError(f"sampler {sampler!r} option {name}={value!r}: {why} "
+                                  f"(default {default!r})")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("must be true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("must be an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("must be a number")
+        if value != value:
+            raise bad("must be a number, not NaN")
+        if abs(value) == float("inf") and value != default:
+            raise bad("must be finite")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise bad("must be a string")
 
 
 def step_noise(key, step, like):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.diffusion.samplers.base import SamplerInfo, step_noise, to_d
+from diffjax.diffusion.samplers.base import SamplerInfo, SamplerOptionError, step_noise, to_d
 
 
 def scan_steps(step, carry, sigmas):
@@ -128,7 +128,7 @@ def sample_lms(denoise, x, sigmas, key=None, order=4):
     """Linear multistep on d (k-diffusion's sample_lms = diffusers' LMSDiscreteScheduler):
     the order grows 1, 2, ... up to `order` as history accumulates."""
     if not 1 <= order <= 4:
-        raise ValueError(f"lms order must be 1..4, got {order}")
+        raise SamplerOptionError(f"lms order must be 1..4, got {order}")
 
     def step(carry, i, s, s_next):
         x, ds = carry                      # ds[k] = derivative k steps ago
@@ -204,27 +204,70 @@ def sample_plms(denoise, x, sigmas, key=None):
 
 
 SAMPLERS = {
-    "euler": SamplerInfo(sample_euler, lambda n: n, 1, False,
-                         "Karras et al. 2022 (EDM), Alg. 2 without churn; k-diffusion sample_euler"),
-    "euler_ancestral": SamplerInfo(sample_euler_ancestral, lambda n: n, 1, True,
-                                   "k-diffusion sample_euler_ancestral", ("eta", "s_noise")),
-    "heun": SamplerInfo(sample_heun, lambda n: 2 * n - 1, 2, False,
-                        "Karras et al. 2022 (EDM), Alg. 2", ("s_churn", "s_tmin", "s_tmax",
-                                                              "s_noise")),
-    "dpm_2": SamplerInfo(sample_dpm_2, lambda n: 2 * n - 1, 2, False,
-                         "k-diffusion sample_dpm_2 (DPM-Solver-2, Lu et al. 2022)"),
-    "dpm_2_ancestral": SamplerInfo(sample_dpm_2_ancestral, lambda n: 2 * n - 1, 2, True,
-                                   "k-diffusion sample_dpm_2_ancestral", ("eta", "s_noise")),
+    "euler": SamplerInfo(
+        fn=sample_euler,
+        nfe=lambda n: n,
+        order=1,
+        stochastic=False,
+        reference="Karras et al. 2022 (EDM), Alg. 2 without churn; k-diffusion sample_euler",
+    ),
+    "euler_ancestral": SamplerInfo(
+        fn=sample_euler_ancestral,
+        nfe=lambda n: n,
+        order=1,
+        stochastic=True,
+        reference="k-diffusion sample_euler_ancestral",
+    ),
+    "heun": SamplerInfo(
+        fn=sample_heun,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        stochastic=False,
+        reference="Karras et al. 2022 (EDM), Alg. 2",
+    ),
+    "dpm_2": SamplerInfo(
+        fn=sample_dpm_2,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        stochastic=False,
+        reference="k-diffusion sample_dpm_2 (DPM-Solver-2, Lu et al. 2022)",
+    ),
+    "dpm_2_ancestral": SamplerInfo(
+        fn=sample_dpm_2_ancestral,
+        nfe=lambda n: 2 * n - 1,
+        order=2,
+        stochastic=True,
+        reference="k-diffusion sample_dpm_2_ancestral",
+    ),
     # order = observed global order: LMS is 4th-order Adams, but its growing-order warm-up
     # limits it to ~3 on the benchmark; PLMS's fixed (uniform-step) Adams coefficients give
     # 2 on non-uniform sigma grids.
-    "lms": SamplerInfo(sample_lms, lambda n: n, 3, False,
-                       "k-diffusion sample_lms (4th-order Adams); diffusers LMSDiscreteScheduler",
-                       ("order",)),
-    "ddim": SamplerInfo(sample_ddim, lambda n: n, 1, False,
-                        "Song et al. 2021 (DDIM), eq. 12; diffusers DDIMScheduler", ("eta",)),
-    "ddpm": SamplerInfo(sample_ddpm, lambda n: n, 1, True,
-                        "Ho et al. 2020 (DDPM), Alg. 2; diffusers DDPMScheduler"),
-    "plms": SamplerInfo(sample_plms, lambda n: n + 1, 2, False,
-                        "Liu et al. 2022 (PNDM) PLMS; diffusers PNDMScheduler skip_prk_steps"),
+    "lms": SamplerInfo(
+        fn=sample_lms,
+        nfe=lambda n: n,
+        order=3,
+        stochastic=False,
+        reference="k-diffusion sample_lms (4th-order Adams); diffusers LMSDiscreteScheduler",
+    ),
+    "ddim": SamplerInfo(
+        fn=sample_ddim,
+        nfe=lambda n: n,
+        order=1,
+        stochastic=False,
+        reference="Song et al. 2021 (DDIM), eq. 12; diffusers DDIMScheduler",
+    ),
+    "ddpm": SamplerInfo(
+        fn=sample_ddpm,
+        nfe=lambda n: n,
+        order=1,
+        stochastic=True,
+        reference="Ho et al. 2020 (DDPM), Alg. 2; diffusers DDPMScheduler",
+    ),
+    "plms": SamplerInfo(
+        fn=sample_plms,
+        nfe=lambda n: n + 1,
+        order=2,
+        stochastic=False,
+        reference="Liu et al. 2022 (PNDM) PLMS; diffusers PNDMScheduler skip_prk_steps",
+    ),
 }

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.diffusion.samplers.base import SamplerInfo, step_noise, to_d
+from diffjax.diffusion.samplers.base import SamplerInfo, SamplerOptionError, step_noise, to_d
 from diffjax.diffusion.samplers.classic import ancestral_step, scan_steps
 
 
@@ -43,7 +43,7 @@ def sample_dpmpp_2m_sde(denoise, x, sigmas, key, eta=1.0, s_noise=1.0, solver_ty
     and injected noise of std sigma_next sqrt(1 - exp(-2 eta h)); the second-order
     correction uses the midpoint or Heun weighting (diffusers' solver_type)."""
     if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        raise SamplerOptionError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
 
     def step(carry, i, s, s_next):
         x, old, h_last = carry
@@ -188,9 +188,10 @@ def sample_dpm_solver_singlestep(denoise, x, sigmas, key=None, order=2, solver_t
     by the group's first-order step), over the k-1 intermediate points, to sigma_next.
     NFE = N. solver_type picks diffusers' midpoint or heun weighting of the differences."""
     if order not in (1, 2, 3):
-        raise ValueError(f"dpm_solver_singlestep order must be one of (1, 2, 3), got {order!r}")
+        raise SamplerOptionError(f"dpm_solver_singlestep order must be one of (1, 2, 3), "
+                                 f"got {order!r}")
     if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        raise SamplerOptionError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     n = sigmas.shape[0] - 1
     # the grid may be traced: both order lists are static, the final sigma picks one
     orders = jnp.where(sigmas[-1] == 0,
@@ -237,24 +238,56 @@ def sample_dpm_solver_singlestep(denoise, x, sigmas, key=None, order=2, solver_t
 
 
 SAMPLERS = {
-    "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, lambda n: n, 2, False,
-                            "Lu et al. 2022 (DPM-Solver++), Alg. 2; diffusers "
-                            "DPMSolverMultistep 2M"),
-    "dpmpp_3m": SamplerInfo(sample_dpmpp_3m, lambda n: n, 3, False,
-                            "Lu et al. 2022 (DPM-Solver++) 3M; k-diffusion 3M SDE, eta=0"),
-    "dpmpp_2m_sde": SamplerInfo(sample_dpmpp_2m_sde, lambda n: n, 1, True,
-                                "k-diffusion sample_dpmpp_2m_sde (Lu et al. 2022)",
-                                ("eta", "s_noise", "solver_type")),
-    "dpmpp_3m_sde": SamplerInfo(sample_dpmpp_3m_sde, lambda n: n, 1, True,
-                                "k-diffusion sample_dpmpp_3m_sde", ("eta", "s_noise")),
-    "dpmpp_2s_ancestral": SamplerInfo(sample_dpmpp_2s_ancestral, lambda n: 2 * n - 1, 1, True,
-                                      "k-diffusion sample_dpmpp_2s_ancestral",
-                                      ("eta", "s_noise")),
-    "dpm_solver_singlestep": SamplerInfo(sample_dpm_solver_singlestep, lambda n: n, 2, False,
-                                         "Lu et al. 2022 (DPM-Solver++), singlestep; diffusers "
-                                         "DPMSolverSinglestepScheduler",
-                                         ("order", "solver_type", "lower_order_final")),
-    "dpmpp_sde": SamplerInfo(sample_dpmpp_sde, lambda n: 2 * n - 1, 1, True,
-                             "k-diffusion sample_dpmpp_sde (noise per step, not a "
-                             "Brownian tree)", ("eta", "s_noise", "r")),
+    "dpmpp_2m": SamplerInfo(
+        fn=sample_dpmpp_2m,
+        nfe=lambda n: n,
+        order=2,
+        stochastic=False,
+        reference="Lu et al. 2022 (DPM-Solver++), Alg. 2; diffusers "
+                  "DPMSolverMultistep 2M",
+    ),
+    "dpmpp_3m": SamplerInfo(
+        fn=sample_dpmpp_3m,
+        nfe=lambda n: n,
+        order=3,
+        stochastic=False,
+        reference="Lu et al. 2022 (DPM-Solver++) 3M; k-diffusion 3M SDE, eta=0",
+    ),
+    "dpmpp_2m_sde": SamplerInfo(
+        fn=sample_dpmpp_2m_sde,
+        nfe=lambda n: n,
+        order=1,
+        stochastic=True,
+        reference="k-diffusion sample_dpmpp_2m_sde (Lu et al. 2022)",
+    ),
+    "dpmpp_3m_sde": SamplerInfo(
+        fn=sample_dpmpp_3m_sde,
+        nfe=lambda n: n,
+        order=1,
+        stochastic=True,
+        reference="k-diffusion sample_dpmpp_3m_sde",
+    ),
+    "dpmpp_2s_ancestral": SamplerInfo(
+        fn=sample_dpmpp_2s_ancestral,
+        nfe=lambda n: 2 * n - 1,
+        order=1,
+        stochastic=True,
+        reference="k-diffusion sample_dpmpp_2s_ancestral",
+    ),
+    "dpm_solver_singlestep": SamplerInfo(
+        fn=sample_dpm_solver_singlestep,
+        nfe=lambda n: n,
+        order=2,
+        stochastic=False,
+        reference="Lu et al. 2022 (DPM-Solver++), singlestep; diffusers "
+                  "DPMSolverSinglestepScheduler",
+    ),
+    "dpmpp_sde": SamplerInfo(
+        fn=sample_dpmpp_sde,
+        nfe=lambda n: 2 * n - 1,
+        order=1,
+        stochastic=True,
+        reference="k-diffusion sample_dpmpp_sde (noise per step, not a "
+                  "Brownian tree)",
+    ),
 }

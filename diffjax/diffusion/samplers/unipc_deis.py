@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.diffusion.samplers.base import SamplerInfo, to_d
+from diffjax.diffusion.samplers.base import SamplerInfo, SamplerOptionError, to_d
 
 
 def _check_order(name: str, order: int, valid=(1, 2, 3)) -> None:
     if order not in valid:
-        raise ValueError(f"{name} order must be one of {valid}, got {order!r}")
+        raise SamplerOptionError(f"{name} order must be one of {valid}, got {order!r}")
 
 
 def _history_sigma(sigmas, i, j):
@@ -98,7 +98,7 @@ def sample_unipc(denoise, x, sigmas, key=None, order=2, variant="bh2", use_corre
     final step to sigma = 0 is first order regardless)."""
     _check_order("unipc", order)
     if variant not in ("bh1", "bh2"):
-        raise ValueError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
+        raise SamplerOptionError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
     n = sigmas.shape[0] - 1
     orders = jnp.asarray(unipc_orders(n, order, lower_order_final))
     prev_orders = jnp.concatenate([orders[:1], orders[:-1]])
@@ -235,20 +235,41 @@ def _n(n):
 
 
 SAMPLERS = {
-    "unipc": SamplerInfo(sample_unipc, _n, 3, False,
-                         "Zhao et al. 2023 (UniPC) predictor-corrector; diffusers "
-                         "UniPCMultistepScheduler",
-                         ("order", "variant", "use_corrector", "lower_order_final")),
-    "unipc_bh1": SamplerInfo(sample_unipc_bh1, _n, 3, False,
-                             "UniPC with B(h)=h (Zhao et al. 2023)",
-                             ("order", "lower_order_final")),
-    "unipc_bh2": SamplerInfo(sample_unipc_bh2, _n, 3, False,
-                             "UniPC with B(h)=e^h-1 (Zhao et al. 2023)",
-                             ("order", "lower_order_final")),
-    "deis": SamplerInfo(sample_deis, _n, 2, False,
-                        "Zhang & Chen 2023 (DEIS) log-rho tAB; diffusers "
-                        "DEISMultistepScheduler", ("order", "lower_order_final")),
-    "ipndm": SamplerInfo(sample_ipndm, _n, 2, False,
-                         "Zhang & Chen 2023 (iPNDM); k-diffusion sample_ipndm",
-                         ("max_order",)),
+    "unipc": SamplerInfo(
+        fn=sample_unipc,
+        nfe=_n,
+        order=3,
+        stochastic=False,
+        reference="Zhao et al. 2023 (UniPC) predictor-corrector; diffusers "
+                  "UniPCMultistepScheduler",
+    ),
+    "unipc_bh1": SamplerInfo(
+        fn=sample_unipc_bh1,
+        nfe=_n,
+        order=3,
+        stochastic=False,
+        reference="UniPC with B(h)=h (Zhao et al. 2023)",
+    ),
+    "unipc_bh2": SamplerInfo(
+        fn=sample_unipc_bh2,
+        nfe=_n,
+        order=3,
+        stochastic=False,
+        reference="UniPC with B(h)=e^h-1 (Zhao et al. 2023)",
+    ),
+    "deis": SamplerInfo(
+        fn=sample_deis,
+        nfe=_n,
+        order=2,
+        stochastic=False,
+        reference="Zhang & Chen 2023 (DEIS) log-rho tAB; diffusers "
+                  "DEISMultistepScheduler",
+    ),
+    "ipndm": SamplerInfo(
+        fn=sample_ipndm,
+        nfe=_n,
+        order=2,
+        stochastic=False,
+        reference="Zhang & Chen 2023 (iPNDM); k-diffusion sample_ipndm",
+    ),
 }
