@@ -16,7 +16,11 @@ import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
+
+try:  # dev extra: only the parity tests use these (conftest skips them without it)
+    import torch
+except ModuleNotFoundError:
+    torch = None
 
 from diffjax.diffusion import denoisers, schedules
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 
+@pytest.mark.parity
 def test_bench_tiny_report(tmp_path):
     r = subprocess.run([sys.executable, "-m", "diffjax.cli", "bench", "--out", str(tmp_path),
                         "--config.steps=2", "--config.repeats=1", "--config.batch_sizes=(2,)",

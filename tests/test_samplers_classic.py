@@ -12,7 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+
+try:  # dev extra: only the parity tests use these (conftest skips them without it)
+    import torch
+except ModuleNotFoundError:
+    torch = None
 
 import sampler_refs as R
 from diffjax.diffusion import samplers, schedules
@@ -50,6 +54,7 @@ def sd_scheduler(cls, **kw):
 
 
 # ------------------------------------------------------------------ deterministic, VE space
+@pytest.mark.parity
 @pytest.mark.parametrize("name,cls,steps,model", [
     ("euler", "EulerDiscreteScheduler", 20, "linear"),
     ("euler", "EulerDiscreteScheduler", 20, "gmm"),
@@ -77,6 +82,7 @@ def test_matches_diffusers_ve_schedulers(name, cls, steps, model):
 
 
 # ------------------------------------------------------------------ deterministic, VP space
+@pytest.mark.parity
 @pytest.mark.parametrize("name,cls,extra,steps", [
     ("ddim", "DDIMScheduler", dict(clip_sample=False), 20),
     ("plms", "PNDMScheduler", dict(skip_prk_steps=True), 20),
@@ -93,6 +99,7 @@ def test_matches_diffusers_vp_schedulers(name, cls, extra, steps, spacing):
     assert R.rel_err(R.ve_to_vp(got, sigmas[-1]), want) <= RTOL
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["ddim", "euler"])
 def test_trajectory_matches_every_step(name):
     """Every intermediate latent, not just the last: ours one step at a time from our own
@@ -114,6 +121,7 @@ def test_trajectory_matches_every_step(name):
 
 
 # ------------------------------------------------------------------ stochastic, injected noise
+@pytest.mark.parity
 @pytest.mark.parametrize("eta", [0.5, 1.0])
 def test_ddim_eta_matches_diffusers(eta):
     """diffusers takes `variance_noise`; in VP space the noise is std_vp * z and in ours
@@ -132,6 +140,7 @@ def test_ddim_eta_matches_diffusers(eta):
     assert R.rel_err(R.ve_to_vp(got, sigmas[-1]), x.numpy()) <= RTOL
 
 
+@pytest.mark.parity
 def test_ddpm_matches_diffusers():
     """DDPMScheduler (fixed_small variance, leading + offset, last prev abar = 1) with our
     noise injected through its randn_tensor."""
@@ -145,6 +154,7 @@ def test_ddpm_matches_diffusers():
     assert R.rel_err(got, want) <= RTOL
 
 
+@pytest.mark.parity
 def test_euler_ancestral_matches_diffusers():
     steps = 12
     sched = sd_scheduler("EulerAncestralDiscreteScheduler", timestep_spacing="leading")
@@ -198,6 +208,7 @@ def _np_denoise(x, s):
         return np.asarray(GM.denoise(jnp.asarray(x, jnp.float64), jnp.asarray(s, jnp.float64)))
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["dpm_2_ancestral", "heun_churn"])
 def test_stochastic_match_kdiffusion_algorithm(name):
     steps = 10

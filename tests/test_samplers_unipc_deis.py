@@ -10,11 +10,15 @@ is float32 (about 1e-7 per operation over ~12 steps of a few dozen operations); 
 
 from __future__ import annotations
 
-import diffusers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+try:  # dev extra: only the parity tests use these (conftest skips them without it)
+    import diffusers
+except ModuleNotFoundError:
+    diffusers = None
 
 import sampler_refs as R
 from diffjax.diffusion import schedules
@@ -40,6 +44,7 @@ def _parity(cls, config, steps, fn, final, denoise, eps_torch, **options):
     return R.rel_err(R.ve_to_vp(np.asarray(got), sigmas[-1]), want)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 def test_unipc_matches_diffusers(order, variant):
@@ -59,6 +64,7 @@ def test_unipc_matches_diffusers(order, variant):
         assert np.all(np.isfinite(np.asarray(out)))
 
 
+@pytest.mark.parity
 def test_unipc_without_corrector_matches_diffusers():
     """use_corrector=False is UniP alone = diffusers with the corrector disabled everywhere."""
     err = _parity("UniPCMultistepScheduler",
@@ -67,6 +73,7 @@ def test_unipc_without_corrector_matches_diffusers():
     assert err <= RTOL, err
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("steps", [12, 20])
 def test_deis_matches_diffusers(order, steps):
@@ -77,6 +84,7 @@ def test_deis_matches_diffusers(order, steps):
     assert err <= RTOL, err
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("cls,fn,final", [
     ("UniPCMultistepScheduler", U.sample_unipc, "zero"),
     ("DEISMultistepScheduler", U.sample_deis, "sigma_min")])

@@ -85,6 +85,7 @@ def test_image_grid_layout_and_png(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Losses against their references
 # ---------------------------------------------------------------------------------------
+@pytest.mark.parity
 def test_kl_matches_diffusers_diagonal_gaussian():
     import torch
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -128,6 +129,7 @@ def test_edge_weighted_recon_loss():
         vae_loss(x, x, mean, logvar, kl_weight=0.0, edge_weight=-1.0)
 
 
+@pytest.mark.parity
 def test_contrastive_loss_matches_transformers_clip():
     import torch
     from transformers.models.clip.modeling_clip import image_text_contrastive_loss
