@@ -1,50 +1,7 @@
-"""Text-to-image sampling: the config behind `diffjax sample`.
+"""The default `diffjax sample` config, re-exported from the package.
 
-    diffjax sample --config configs/sample.py:sampler=euler,steps=30 \
-        --prompt "a red circle in the top left" --seeds 0:8 --out runs/demo
-
-Expected result: runs/demo/000000-seed0.png ... 000007-seed7.png, each with its parameters
-in the PNG text chunk, plus index.jsonl and this config resolved as config.json;
-`diffjax sample --config runs/demo/config.json` reproduces the same files.
+`--config configs/sample.py[:args]` is `--config diffjax.configs.sample[:args]`; this
+path is kept for the commands in the README, the docs and the committed studies.
 """
 
-import ml_collections
-
-from diffjax.config import parse_arg
-
-
-def get_config(arg=None):
-    a = parse_arg(arg, model="mini", sampler="dpmpp_2m", steps=20, guidance_scale=5.0,
-                  size=0, batch_size=8)
-    c = ml_collections.ConfigDict()
-    # The job: what to draw. --prompt / --prompt-file / --seeds / --out set these.
-    c.prompt = ""
-    c.prompt_file = ""              # .txt (a prompt per line) or .jsonl (prompt, negative_prompt, seed(s))
-    c.seeds = "0:4"                 # 'start:stop', 'n' or 'a,b,c' (per prompt, unless the file says)
-    c.negative_prompt = ""
-    c.out = ""                      # output directory (local path or gs://...)
-    # The model: "mini" (trained, shipped in the package: tools/mini_recipe.py), a random-
-    # weight preset ("tiny", "sd15", ...), a diffusers-format folder or a diffjax checkpoint.
-    c.model = a.model
-    c.sampler = ml_collections.ConfigDict(dict(
-        name=a.sampler,
-        steps=a.steps,
-        schedule="karras",          # sigma grid, see `diffjax.diffusion.schedules`
-        eta=-1.0,                   # noise scale of ancestral/SDE samplers (-1: the sampler's default)
-        order=0,                    # for samplers with an order option (0: the sampler's default)
-    ))
-    c.guidance_scale = a.guidance_scale
-    c.guidance_rescale = 0.0
-    c.height = a.size               # 0 = the model's native size
-    c.width = a.size
-    c.clip_skip = -1                # -1 = the model's own; 0 = last layer; 1 = penultimate
-    c.batch_size = a.batch_size     # images per jitted call, over all devices (tail padded)
-    c.dtype = "float32"             # network compute dtype; schedules are always float32
-    c.attention = "auto"            # auto (per backend) | xla | cudnn | chunked
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # ('data','fsdp','tensor')
-    c.compilation_cache = "~/.cache/diffjax/jax"  # persistent XLA cache ("" = off)
-    # Multi-host: coordinator "" = one process; "auto" = platform discovery (TPU pods);
-    # "host:port" with num_processes and this process's id. Each process writes its shard.
-    c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=1,
-                                                   process_id=0))
-    return c
+from diffjax.configs.sample import get_config  # noqa: F401

@@ -1,12 +1,17 @@
 """Configs are the experiment: loading, overriding, validating and saving them.
 
-A config is an `ml_collections.ConfigDict` built by a Python file's `get_config(arg)`
-(big_vision style: `--config=configs/sample.py:steps=30,sampler=euler`), then changed by
-`--config.a.b=value` overrides, then locked so that a typo is an error naming the key and
-the closest valid keys. At module boundaries it becomes a frozen dataclass
-(`to_dataclass`), which checks types and ranges with messages naming the field. Every run
-writes the resolved config as JSON (`save_config`); passing that JSON back as `--config`
-reproduces the run.
+A config is an `ml_collections.ConfigDict` built by a `get_config(arg)` function
+(big_vision style), then changed by `--config.a.b=value` overrides, then locked so that a
+typo is an error naming the key and the closest valid keys. `--config` names one of:
+
+- a packaged config by module name, `diffjax.configs.sample:steps=30,sampler=euler` (the
+  commands' defaults ship inside the package, so an installed wheel needs no checkout);
+- a config file, `configs/sample.py:steps=30` (a path, run with `runpy.run_path`);
+- a run's saved `config.json`.
+
+At module boundaries it becomes a frozen dataclass (`to_dataclass`), which checks types and
+ranges with messages naming the field. Every run writes the resolved config as JSON
+(`save_config`); passing that JSON back as `--config` reproduces the run.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import importlib.util
+import importlib
 import json
 import os
+import re
+import runpy
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -89,37 +96,53 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------
-def _import_file(path: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "diffjax_config_" + os.path.basename(path)[:-3].replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _config_function(source: str):
+    """The `get_config` of a config file (`*.py`, by path) or a packaged config module."""
+    if source.endswith(".py"):
+        if not os.path.exists(source):
+            raise ConfigError(f"config file {source!r} does not exist")
+        namespace = runpy.run_path(source)
+    elif MODULE_NAME.fullmatch(source):
+        try:
+            namespace = vars(importlib.import_module(source))
+        except ModuleNotFoundError as e:
+            if e.name is None or not (source == e.name or source.startswith(e.name + ".")):
+                raise
+            raise ConfigError(f"config module {source!r} does not exist (packaged configs: "
+                              "diffjax.configs.sample, diffjax.configs.bench.tiny, ...)"
+                              ) from None
+    else:
+        raise ConfigError(f"config {source!r}: expected a packaged config module "
+                          "(diffjax.configs.NAME), a .py file with get_config, or a .json "
+                          "saved by a previous run")
+    if not callable(namespace.get("get_config")):
+        raise ConfigError(f"config {source!r} has no get_config(arg) function")
+    return namespace["get_config"]
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Load `path.py[:arg]` or a saved `config.json`, apply overrides, lock, return.
+    """Load a config, apply overrides, lock, return it.
 
+    spec: `diffjax.configs.NAME[:arg]` (a packaged config module), `path.py[:arg]` (a config
+    file) or a saved `config.json`; `arg` is passed to `get_config(arg)`.
     overrides: `"a.b=value"` strings (the part after `--config.`).
     """
-    path, _, arg = spec.partition(":") if not spec.endswith(".json") else (spec, "", "")
-    if not os.path.exists(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
+    if spec.endswith(".json"):
+        if not os.path.exists(spec):
+            raise ConfigError(f"config file {spec!r} does not exist")
+        with open(spec, encoding="utf-8") as f:
             data = json.load(f)
         data.pop("_diffjax", None)
         config = ml_collections.ConfigDict(data)
-    elif path.endswith(".py"):
-        module = _import_file(path)
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"config file {path!r} has no get_config(arg) function")
-        config = module.get_config(arg or None) if arg else module.get_config()
+    else:
+        source, _, arg = spec.partition(":")
+        get_config = _config_function(source)
+        config = get_config(arg or None) if arg else get_config()
         if not isinstance(config, ml_collections.ConfigDict):
             config = ml_collections.ConfigDict(config)
-    else:
-        raise ConfigError(f"config {path!r}: expected a .py file (with get_config) or a "
-                          ".json saved by a previous run")
     config.lock()
     for override in overrides:
         apply_override(config, override)

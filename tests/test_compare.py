@@ -15,8 +15,8 @@ import scipy.linalg
 from diffjax.commands import compare
 from diffjax.config import load_config
 from diffjax.metrics import convergence, frechet
+from diffjax.studies import compare_samplers as runner
 
-runner = compare.load_runner()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = os.path.join(REPO, "experiments", "results", "gmm_convergence")
 FIRST_ORDER = ("euler", "ddim")
@@ -212,12 +212,12 @@ def test_committed_study_cell_reproduces_from_its_config(tmp_path):
 
 def test_pipeline_inputs_named_before_compute(tmp_path):
     """The mini study's config with a misspelt real_images split / an empty image folder."""
-    config = load_config(os.path.join(REPO, "configs", "experiments", "mini_samplers.py"),
+    config = load_config("diffjax.configs.compare.mini_samplers",
                          ["real_images=shapes:tset"])
     with pytest.raises(ValueError, match="real_images 'shapes:tset': unknown shapes split"):
         runner.make_plan(config)
     (tmp_path / "empty").mkdir()
-    config = load_config(os.path.join(REPO, "configs", "experiments", "mini_samplers.py"),
+    config = load_config("diffjax.configs.compare.mini_samplers",
                          [f"real_images={tmp_path / 'empty'}"])
     with pytest.raises(ValueError, match="holds no .png/.jpg/.webp"):
         runner.make_plan(config)

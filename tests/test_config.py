@@ -10,15 +10,23 @@ import pytest
 
 from diffjax import config as cfg
 
-CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs",
-                                             "**", "*.py"), recursive=True))
+REPO = os.path.join(os.path.dirname(__file__), "..")
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
+# Packaged configs by module name: diffjax/configs/bench/tiny.py -> diffjax.configs.bench.tiny
+PACKAGED_CONFIGS = sorted(
+    os.path.relpath(p, REPO)[:-3].replace(os.sep, ".")
+    for p in glob.glob(os.path.join(REPO, "diffjax", "configs", "**", "*.py"), recursive=True)
+    if os.path.basename(p) != "__init__.py")
 
 
 def test_there_are_configs():
     assert CONFIG_FILES, "configs/ holds no config files"
+    assert "diffjax.configs.sample" in PACKAGED_CONFIGS
+    assert "diffjax.configs.bench.tiny" in PACKAGED_CONFIGS
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", CONFIG_FILES + PACKAGED_CONFIGS,
+                         ids=lambda p: p if p.startswith("diffjax.") else os.path.basename(p))
 def test_every_config_loads_locks_and_round_trips(path, tmp_path):
     c = cfg.load_config(path)
     with pytest.raises(AttributeError):
@@ -54,6 +62,23 @@ def test_overrides_are_typed_and_typos_fail():
         cfg.load_config("configs/sample.py", ["sampler=euler"])
     with pytest.raises(cfg.ConfigError, match="does not exist"):
         cfg.load_config("configs/nope.py")
+
+
+def test_packaged_config_by_module_name_is_the_file_config():
+    """`diffjax.configs.sample:args` (what an installed wheel uses) is the same config as the
+    repository's `configs/sample.py:args`, which re-exports it."""
+    by_name = cfg.load_config("diffjax.configs.sample:steps=7,sampler=euler", ["seeds=3"])
+    by_path = cfg.load_config("configs/sample.py:steps=7,sampler=euler", ["seeds=3"])
+    assert cfg.config_to_dict(by_name) == cfg.config_to_dict(by_path)
+    assert by_name.sampler.steps == 7 and by_name.seeds == "3"
+    with pytest.raises(cfg.ConfigError, match="config module 'diffjax.configs.nope' does not"):
+        cfg.load_config("diffjax.configs.nope")
+    with pytest.raises(cfg.ConfigError, match="'diffjax.config' has no get_config"):
+        cfg.load_config("diffjax.config")
+    with pytest.raises(cfg.ConfigError, match="expected a packaged config module"):
+        cfg.load_config("configs/sample")
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load_config("runs/nope/config.json")
 
 
 @dataclasses.dataclass(frozen=True)

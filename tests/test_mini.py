@@ -146,12 +146,11 @@ def test_missing_packaged_weights_are_named(monkeypatch):
 
 
 def test_compare_on_mini_writes_image_metrics_and_grids(tmp_path):
-    """A 2-sampler x 1-step-count study of configs/experiments/mini_samplers.py, 8 seeds:
+    """A 2-sampler x 1-step-count study of diffjax.configs.compare.mini_samplers, 8 seeds:
     every image metric in range, the image grids written, the table holds them."""
-    from diffjax.commands import compare
     from diffjax.config import load_config
-    runner = compare.load_runner()
-    config = load_config("configs/experiments/mini_samplers.py", [
+    from diffjax.studies import compare_samplers as runner
+    config = load_config("diffjax.configs.compare.mini_samplers", [
         "samplers=euler,dpmpp_2m", "steps=6", "seeds=8", "reference.steps=24",
         "grid_prompts=2"])
     out = str(tmp_path / "study")

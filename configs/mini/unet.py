@@ -1,46 +1,7 @@
-"""diffjax-mini, stage 3 of 3: the latent UNet, conditioned on the frozen mini CLIP text tower.
+"""diffjax-mini's `unet` stage, re-exported from the package.
 
-    python tools/mini_recipe.py assemble          # runs/mini/base: trained CLIP + VAE, new UNet
-    diffjax train --config configs/mini/unet.py:clip_skip=2 --workdir runs/mini/unet
-
-The same trainer and step as any SD fine-tune (configs/train/unet.py): epsilon target on
-SD's scaled-linear schedule, min-SNR-5 weighting, 10% caption dropout for CFG, latents
-encoded once (train.cache_latents). 10,000 steps of 16 (one cosine schedule) on the text
-tower's token embeddings (clip_skip 2 of its 2 layers; tools/mini_recipe.py passes it, and
-says why). Batch 16, not the previous recipe's 32: the same number of updates at half the
-cost of each, so that the whole recipe fits an hour on a 2-core CPU.
-Arg keys: model (the assembled base folder), init_from (a finished UNet run's workdir to
-continue from: fresh optimizer and schedule, its EMA weights), lr, dataset, steps, batch,
-seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax sample`;
--1: the one the model folder declares -- 2 for the shipped mini, 0 for the assembled base).
+`--config configs/mini/unet.py[:args]` is `--config diffjax.configs.mini.unet[:args]`; this
+path is kept for the commands in the README, the docs and the committed studies.
 """
 
-import ml_collections
-
-from diffjax.config import parse_arg
-
-DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
-
-
-def get_config(arg=None):
-    a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
-                  steps=10000, batch=16, seed=0, clip_skip=-1)
-    c = ml_collections.ConfigDict()
-    c.trainer = "unet"
-    c.seed = a.seed
-    c.model = ml_collections.ConfigDict(dict(name=a.model, init_from=a.init_from))
-    c.data = ml_collections.ConfigDict(dict(
-        dataset=a.dataset, split="train", data_dir="", resolution=32, batch_size=a.batch,
-        crop="center", flip=False, caption_dropout=0.1,
-        image_key="image", caption_key="caption"))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=a.lr, warmup_steps=200, total_steps=a.steps, schedule="cosine",
-        end_lr_fraction=0.05, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
-    c.train = ml_collections.ConfigDict(dict(
-        num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.999,
-        snr_gamma=5.0, compute_dtype="float32", clip_skip=a.clip_skip,
-        cache_latents=True,  # the frozen encoder once over the 50k renders, not every step
-        sample_every=1000, sample_steps=20, sample_guidance=4.0, sample_seeds=(0, 1),
-        sample_params="ema_params", progress=True))
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    return c
+from diffjax.configs.mini.unet import get_config  # noqa: F401

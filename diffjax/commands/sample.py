@@ -15,14 +15,14 @@ import time
 
 from diffjax import outputs, prompts
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "sample.py")
+DEFAULT_CONFIG = "diffjax.configs.sample"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="config file (path.py[:args]) or a run's config.json "
-                             "(default: configs/sample.py)")
+                        help="packaged config (diffjax.configs.NAME[:args]), config file "
+                             "(path.py[:args]) or a run's config.json "
+                             f"(default: {DEFAULT_CONFIG})")
     parser.add_argument("--prompt", help="the prompt (sets config.prompt)")
     parser.add_argument("--prompt-file", help=".txt or .jsonl prompt file (config.prompt_file)")
     parser.add_argument("--seeds", help="'0:8', '3' or '1,5,9' (config.seeds)")

@@ -1,6 +1,6 @@
 """Sampler comparison grid: samplers x steps x guidance scales x schedules -> quality vs NFE.
 
-    diffjax compare --config configs/experiments/gmm_convergence.py --out runs/gmm
+    diffjax compare --config diffjax.configs.compare.gmm_convergence --out runs/gmm
     diffjax compare --config runs/gmm/config.json --out runs/gmm_again   # same table.md
 
 Models (config.model.kind):
@@ -41,7 +41,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -651,21 +650,3 @@ def write_outputs(out: str, config, plan, rows, summary) -> None:
                   json.dumps(dict(rows=rows, **summary), indent=1) + "\n")
     _atomic_write(os.path.join(out, "table.md"), markdown_table(config, plan, rows, summary))
     write_plots(out, plan, rows, summary)
-
-
-def main(argv=None) -> int:
-    """`python experiments/compare_samplers.py --config ... --out ...` (= `diffjax compare`)."""
-    import argparse
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from diffjax.cli import split_config_overrides
-    from diffjax.commands import compare
-    argv, overrides = split_config_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = argparse.ArgumentParser(prog="compare_samplers")
-    compare.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.config_overrides = overrides
-    return compare.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`diffjax train` configs for the UNet, VAE and CLIP trainers on `shapes`."""
