@@ -1,4 +1,4 @@
-"""`diffjax bench`: UNet / sampler / VAE throughput, compile time and FLOP utilisation.
+"""UNet / sampler / VAE throughput, compile time and FLOP utilisation (`diffjax bench`).
 
 Every number is measured in one run on one machine and reported with the device: the time
 of one UNet call on the CFG batch, of a whole N-step sample (so the sampler loop's overhead
@@ -17,15 +17,13 @@ run), the device's peak bytes in use where the backend reports it, the process's
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import platform
 import time
 import typing
 
 import numpy as np
 
-from diffjax.config import check_range, to_dataclass
+from diffjax.config import check_range
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; fp32 uses the same table / 2 for TPUs
 # and the TF32 figure for NVIDIA, both as documented by the vendors).
@@ -405,29 +403,3 @@ def markdown(result: dict) -> str:
                   + " (seconds): " + ", ".join(f"{k} {fmt(v)}"
                                                for k, v in result["startup"].items())]
     return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", default=os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "configs", "bench", "tiny.py"),
-        help="bench config (default configs/bench/tiny.py)")
-    parser.add_argument("--out", required=True, help="directory for results.json and results.md")
-
-
-def run(args) -> int:
-    from diffjax.config import load_config, save_config
-    from diffjax.outputs import atomic_write
-    config = load_config(args.config, args.config_overrides)
-    spec = to_dataclass(config, BenchSpec)
-    os.makedirs(args.out, exist_ok=True)
-    save_config(config, args.out)
-
-    def write(result):
-        atomic_write(os.path.join(args.out, "results.json"), json.dumps(result, indent=2))
-        atomic_write(os.path.join(args.out, "results.md"), markdown(result))
-
-    result = run_bench(spec, on_result=write)
-    write(result)
-    print(markdown(result))
-    return 0

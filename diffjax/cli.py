@@ -3,8 +3,9 @@
 Each subcommand lives in its own module that exposes `add_arguments(parser)` and
 `run(args) -> int`; this file only maps names to those modules (an explicit dict, imported
 lazily so `diffjax --help` does not import jax). Commands that take a config accept
-`--config=path.py[:args]` (or a saved `config.json`) and any number of
-`--config.key=value` overrides; unknown keys fail naming the closest valid ones.
+`--config` naming a packaged config (`diffjax.configs.sample:steps=30`), a config file
+(`path.py[:args]`) or a saved `config.json`, and any number of `--config.key=value`
+overrides; unknown keys fail naming the closest valid ones.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("diffjax.commands.sample", "text-to-image sampling, one prompt or a prompt file"),
     "train": ("diffjax.commands.train", "train a UNet from a config (resumable workdir)"),
-    "data": ("diffjax.data.command", "build datasets: procedural shapes, image folders"),
+    "data": ("diffjax.commands.data", "build datasets: procedural shapes, image folders"),
     "compare": ("diffjax.commands.compare", "sampler comparison grid: quality vs NFE"),
     "convert": ("diffjax.convert", "diffusers folder <-> diffjax checkpoint"),
-    "bench": ("diffjax.bench", "throughput, compile time and FLOP utilisation"),
+    "bench": ("diffjax.commands.bench", "throughput, compile time and FLOP utilisation"),
     "samplers": ("diffjax.commands.samplers", "list every sampler: NFE, order, reference"),
     "info": ("diffjax.commands.info", "versions, backend, devices and the mesh a config builds"),
 }

@@ -134,7 +134,7 @@ def test_image_folder_metadata_jsonl_and_errors(tmp_path):
 def test_data_command_and_open_source(tmp_path, capsys):
     import argparse
 
-    from diffjax.data import command
+    from diffjax.commands import data as command
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)

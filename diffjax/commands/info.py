@@ -15,7 +15,9 @@ PACKAGES = ("diffjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default=None,
-                        help="a config whose mesh (config.mesh.shape) to resolve on these devices")
+                        help="a config whose mesh (config.mesh.shape) to resolve on these "
+                             "devices: diffjax.configs.NAME[:args], path.py[:args] or a "
+                             "config.json")
 
 
 def _version(name: str) -> str:

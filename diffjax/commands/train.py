@@ -1,4 +1,4 @@
-"""`diffjax train --config configs/train/unet.py:... --workdir DIR`: train from a config.
+"""`diffjax train --config diffjax.configs.train.unet:... --workdir DIR`: train from a config.
 
 A thin entry point around the importable `train_and_evaluate(config, workdir)` of the
 trainer the config names (`config.trainer`: "unet" | "vae" | "clip"); rerunning with the
@@ -19,7 +19,10 @@ TRAINERS: dict[str, str] = {
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True,
-                        help="training config, e.g. configs/train/unet.py:dataset=DIR")
+                        help="training config: packaged (diffjax.configs.train.unet | vae | "
+                             "clip, diffjax.configs.mini.*, [:args]), a file (path.py[:args]) "
+                             "or a run's config.json; e.g. "
+                             "diffjax.configs.train.unet:dataset=DIR")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics, config.json")
 
 
