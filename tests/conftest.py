@@ -27,6 +27,14 @@ if os.environ["JAX_PLATFORMS"] == "cpu":
     assert jax.device_count() == 8, "conftest must run before anything imports jax"
 
 
+def pytest_configure(config):
+    """With pytest-xdist's -n N, one worker per test file (`--dist loadfile`): module fixtures
+    (compiled pipelines, trained runs) are then built once. Set here rather than in addopts so
+    that plain `pytest`, without pytest-xdist installed, still parses its options."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"
+
+
 PARITY_REFERENCES = ("torch", "diffusers")
 
 
