@@ -33,7 +33,7 @@ CONFIG_ITEM = "config"
 
 
 def _items():
-    """Network item name -> (Components config field, params field, config class, shapes fn).
+    """Network item name -> (Components config field, params field, config class).
 
     An explicit table (imported lazily: `diffjax --help` must not import jax) so save and
     restore walk the same networks in the same way.
@@ -41,13 +41,10 @@ def _items():
     from diffjax.models.clip import CLIPTextConfig
     from diffjax.models.unet import UNetConfig
     from diffjax.models.vae import VAEConfig
-    from diffjax.weights.clip import abstract_text_params
-    from diffjax.weights.unet import abstract_unet_params
-    from diffjax.weights.vae import abstract_vae_params
     return {
-        "text_encoder": ("text_config", "text_params", CLIPTextConfig, abstract_text_params),
-        "unet": ("unet_config", "unet_params", UNetConfig, abstract_unet_params),
-        "vae": ("vae_config", "vae_params", VAEConfig, abstract_vae_params),
+        "text_encoder": ("text_config", "text_params", CLIPTextConfig),
+        "unet": ("unet_config", "unet_params", UNetConfig),
+        "vae": ("vae_config", "vae_params", VAEConfig),
     }
 
 
@@ -72,7 +69,7 @@ def components_to_json(c) -> dict:
     from diffjax import __version__
     out = dict(format=FORMAT, version=VERSION, diffjax_version=__version__, name=c.name,
                scheduler=dict(c.scheduler), clip_skip=int(c.clip_skip))
-    for config_field, _, _, _ in _items().values():
+    for config_field, _, _ in _items().values():
         out[config_field] = _config_to_json(getattr(c, config_field))
     return out
 
@@ -97,7 +94,7 @@ def save_checkpoint(c, path: str, force: bool = False) -> None:
     partial = path + ".partial"
     shutil.rmtree(partial, ignore_errors=True)   # a previous crashed attempt
     args = {name: ocp.args.StandardSave(getattr(c, params_field))
-            for name, (_, params_field, _, _) in _items().items()}
+            for name, (_, params_field, _) in _items().items()}
     args[CONFIG_ITEM] = ocp.args.JsonSave(components_to_json(c))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
         ckpt.save(partial, ocp.args.Composite(**args))
@@ -163,9 +160,11 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
     The expected shapes come from the stored configs (`jax.eval_shape`), so a checkpoint
     whose arrays do not fit its config fails naming the network and every bad array.
     """
+    import flax.linen as nn
     import jax
     import orbax.checkpoint as ocp
 
+    from diffjax.models.abstract import abstract_params
     from diffjax.weights.folder import Components
     meta = read_checkpoint_config(path)
     shardings = dict(shardings or {})
@@ -176,14 +175,14 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
                  if v is not None}
     configs, targets = {}, {}
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    for name, (config_field, _, cls, shapes_fn) in _items().items():
+    for name, (config_field, _, cls) in _items().items():
         if config_field not in meta:
             raise WeightsError(f"{path!r}: config item has no {config_field!r}")
         config = _config_from_json(cls, meta[config_field], f"{path!r} {config_field}")
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items()
                                                 if hasattr(config, k)})
         configs[name] = config
-        abstract = shapes_fn(config)
+        abstract = nn.meta.unbox(abstract_params(config))
         _check_stored_item(path, name, abstract, config)
         item_shardings = shardings.get(name)
         if item_shardings is None:

@@ -55,9 +55,11 @@ def test_unet_flops_xla_counts_every_attention_block():
     from diffjax.models import presets
     from diffjax.models.unet import UNet2DConditionModel
     from diffjax.weights.folder import random_params
-    from diffjax.weights.unet import abstract_unet_params
+    import flax.linen as nn
+
+    from diffjax.models.abstract import abstract_params
     cfg = dataclasses.replace(presets.UNET_PRESETS["tiny"], attention_impl="chunked")
-    params = random_params(abstract_unet_params(cfg), 0)
+    params = random_params(nn.meta.unbox(abstract_params(cfg)), 0)
     x = jnp.ones((1, 64, 64, cfg.in_channels))
     t, ctx = jnp.full((1,), 500.0), jnp.ones((1, 77, cfg.cross_attention_dim))
     fn = lambda p, x, t, c: UNet2DConditionModel(cfg).apply({"params": p}, x, t, c)  # noqa

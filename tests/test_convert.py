@@ -136,18 +136,12 @@ def test_restore_onto_param_shardings(converted):
     (Not the UNet here: its linear proj_in/proj_out carry logical axes (embed, embed),
     which flax's logical_to_mesh_axes rejects -- reported to the lead.)"""
     from diffjax import sharding
-    from diffjax.models.clip import CLIPTextModel
-    from diffjax.models.vae import AutoencoderKL
+    from diffjax.models.abstract import abstract_params
     _, ckpt, _ = converted
     plain = convert.load_checkpoint(ckpt)
-    tc, vc = plain.text_config, plain.vae_config
     mesh = sharding.make_mesh((2, 1, 4))
-    boxed = {
-        "text_encoder": jax.eval_shape(lambda: CLIPTextModel(tc).init(
-            jax.random.key(0), np.zeros((1, 77), np.int32)))["params"],
-        "vae": jax.eval_shape(lambda: AutoencoderKL(vc).init(
-            jax.random.key(0), np.zeros((1, 4, 4, 3), np.float32)))["params"],
-    }
+    boxed = {"text_encoder": abstract_params(plain.text_config),
+             "vae": abstract_params(plain.vae_config)}
     shardings = {k: sharding.param_shardings(v, mesh) for k, v in boxed.items()}
     got = convert.load_checkpoint(ckpt, shardings=shardings)
     for name, field in (("text_encoder", "text_params"), ("vae", "vae_params")):

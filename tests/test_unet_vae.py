@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.models import layers, presets
+from diffjax.models.abstract import abstract_params
 from diffjax.models.unet import UNet2DConditionModel
 from diffjax.models.vae import AutoencoderKL
 from diffjax.weights import unet as wu
@@ -154,17 +155,17 @@ def test_full_size_param_counts_and_keys():
             latent_channels=4, sample_size=512)
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
     sd15 = presets.UNET_PRESETS["sd15"]
-    assert count(wu.abstract_unet_params(sd15)) == 859_520_964
-    assert count(wu.abstract_unet_params(sd15)) == sum(p.numel() for p in ref_unet.parameters())
+    assert count(abstract_params(sd15)) == 859_520_964
+    assert count(abstract_params(sd15)) == sum(p.numel() for p in ref_unet.parameters())
     assert {r[0] for r in wu.unet_rows(sd15)} == set(ref_unet.state_dict())
     vae = presets.VAE_PRESETS["sd"]
-    assert count(wv.abstract_vae_params(vae)) == sum(p.numel() for p in ref_vae.parameters())
+    assert count(abstract_params(vae)) == sum(p.numel() for p in ref_vae.parameters())
     assert {r[0] for r in wv.vae_rows(vae)} == set(ref_vae.state_dict())
     with torch.device("meta"):
         ref21 = diffusers.UNet2DConditionModel(attention_head_dim=(5, 10, 20, 20),
                                                cross_attention_dim=1024,
                                                use_linear_projection=True)
-    assert count(wu.abstract_unet_params(presets.UNET_PRESETS["sd21-base"])) == sum(
+    assert count(abstract_params(presets.UNET_PRESETS["sd21-base"])) == sum(
         p.numel() for p in ref21.parameters())
 
 
@@ -232,7 +233,7 @@ def test_sharded_unet_equals_unsharded():
     model = UNet2DConditionModel(config)
     x, t, ctx = _unet_inputs(kw, batch=2)
     x = x.transpose(0, 2, 3, 1)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, ctx))["params"]
+    boxed = abstract_params(config)
     params = nn.meta.unbox(model.init(jax.random.key(0), x, t, ctx)["params"])
     mesh = sharding.make_mesh((2, 1, 4))
     shardings = sharding.param_shardings(boxed, mesh)

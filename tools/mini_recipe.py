@@ -103,7 +103,9 @@ def stage_assemble(a) -> None:
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.train.clip_trainer import clip_configs
     from diffjax.weights.folder import SD_SCHEDULER, Components, export_sd_folder, random_params
-    from diffjax.weights.unet import abstract_unet_params
+    import flax.linen as nn
+
+    from diffjax.models.abstract import abstract_params
     clip, clip_step = load_trained_params(os.path.join(a.runs, "clip"))
     vae_p, vae_step = load_trained_params(os.path.join(a.runs, "vae"))
     tc, vc = clip_configs("mini", "mini", 32)
@@ -111,7 +113,7 @@ def stage_assemble(a) -> None:
     scale = latent_scale(vae_c, vae_p, dataset_dir(a.data))
     vae_c = dataclasses.replace(vae_c, scaling_factor=round(scale, 5))
     uc = presets.UNET_PRESETS["mini"]
-    up = random_params(abstract_unet_params(uc), a.seed + 1)
+    up = random_params(nn.meta.unbox(abstract_params(uc)), a.seed + 1)
     comps = Components("mini", tc, clip["text_model"], uc, up, vae_c, vae_p, None,
                        dict(SD_SCHEDULER), vc, clip["vision_model"])
     out = os.path.join(a.runs, "base")

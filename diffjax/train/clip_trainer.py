@@ -101,12 +101,11 @@ def init_clip_params(model, seed: int) -> dict:
     import flax.linen as nn
     import numpy as np
 
+    from diffjax.models.abstract import abstract_params
     from diffjax.weights.folder import random_params
-    t, v = model.text, model.vision
-    abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, t.max_position_embeddings), jnp.int32),
-        jnp.zeros((1, v.image_size, v.image_size, 3)))))["params"]
-    params = random_params({k: a for k, a in abstract.items() if k != "logit_scale"}, seed)
+    abstract = {"text_model": abstract_params(model.text),
+                "vision_model": abstract_params(model.vision)}
+    params = random_params(nn.meta.unbox(abstract), seed)
     params["logit_scale"] = np.float32(LOGIT_SCALE_INIT)
     return params
 

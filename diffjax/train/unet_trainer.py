@@ -38,12 +38,9 @@ def unet_state_shardings(unet, comps, tx, state, mesh) -> TrainState:
     """Shardings of the TrainState: params and EMA by the UNet's logical axes, the Adam
     moments like the params they belong to, counters replicated."""
     import optax
-    cfg = comps.unet_config
-    s = cfg.sample_size
-    boxed = jax.eval_shape(lambda: unet.init(
-        jax.random.key(0), jnp.zeros((1, s, s, cfg.in_channels)), jnp.zeros((1,)),
-        jnp.zeros((1, 1, cfg.cross_attention_dim))))["params"]
-    ps = sharding.param_shardings(boxed, mesh)
+
+    from diffjax.models.abstract import abstract_params
+    ps = sharding.param_shardings(abstract_params(comps.unet_config), mesh)
     repl = sharding.replicated(mesh)
     opt = optax.tree_map_params(tx, lambda _, sh: sh, state.opt_state, ps,
                                 transform_non_params=lambda _: repl)

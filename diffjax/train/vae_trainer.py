@@ -111,9 +111,11 @@ def make_vae_step(vae, *, kl_weight: float, recon_loss: str = "l1", ema_decay: f
 
 def init_vae_params(vae_config, seed: int) -> dict:
     """Seeded random params of an AutoencoderKL (the converter's deterministic init)."""
+    import flax.linen as nn
+
+    from diffjax.models.abstract import abstract_params
     from diffjax.weights.folder import random_params
-    from diffjax.weights.vae import abstract_vae_params
-    return random_params(abstract_vae_params(vae_config), seed)
+    return random_params(nn.meta.unbox(abstract_params(vae_config)), seed)
 
 
 def train_and_evaluate(config, workdir: str, *, progress: bool = True):
@@ -140,8 +142,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True):
     init_from = c.model.get("init_from", "")
     if init_from:  # fine-tune a finished run's EMA params (e.g. its decoder only)
         from diffjax.train.checkpoint import load_params_like
-        from diffjax.weights.vae import abstract_vae_params
-        params = load_params_like(init_from, abstract_vae_params(vcfg), "model.init_from")
+        import flax.linen as nn
+
+        from diffjax.models.abstract import abstract_params
+        params = load_params_like(init_from, nn.meta.unbox(abstract_params(vcfg)),
+                                  "model.init_from")
     else:
         params = init_vae_params(vcfg, c.seed)
     return runner.run_single_model(c, workdir, params, step,

@@ -11,12 +11,11 @@ import dataclasses
 import json
 import os
 
-import jax
-import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 
-from diffjax.models.clip import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
-                                 CLIPVisionModel)
+from diffjax.models.abstract import abstract_params
+from diffjax.models.clip import CLIPTextConfig, CLIPVisionConfig
 from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
                                 read_config_json, save_state_dict)
 from diffjax.weights.mapping import params_to_state_dict, state_dict_to_params
@@ -67,21 +66,6 @@ def vision_rows(config: CLIPVisionConfig, prefix: str = "vision_model."):
     return rows
 
 
-def abstract_text_params(config: CLIPTextConfig):
-    """Param shapes without allocating (jax.eval_shape), logical boxes removed."""
-    import flax.linen as nn
-    ids = jnp.zeros((1, config.max_position_embeddings), jnp.int32)
-    shapes = jax.eval_shape(lambda: CLIPTextModel(config).init(jax.random.key(0), ids))
-    return nn.meta.unbox(shapes)["params"]
-
-
-def abstract_vision_params(config: CLIPVisionConfig):
-    import flax.linen as nn
-    px = jnp.zeros((1, config.image_size, config.image_size, config.num_channels))
-    shapes = jax.eval_shape(lambda: CLIPVisionModel(config).init(jax.random.key(0), px))
-    return nn.meta.unbox(shapes)["params"]
-
-
 def _with_text_prefix(sd):
     """transformers v5's CLIPTextModel saves its keys without the `text_model.` prefix that
     v4 (and every SD 1.x/2.x checkpoint) uses; accept both, as the prefixed form."""
@@ -93,12 +77,12 @@ def _with_text_prefix(sd):
 
 def text_params_from_state_dict(sd, config: CLIPTextConfig, what="CLIP text checkpoint"):
     return state_dict_to_params(_with_text_prefix(sd), text_rows(config),
-                                abstract_text_params(config), what, IGNORED)
+                                nn.meta.unbox(abstract_params(config)), what, IGNORED)
 
 
 def vision_params_from_state_dict(sd, config: CLIPVisionConfig,
                                   what="CLIP vision checkpoint"):
-    return state_dict_to_params(sd, vision_rows(config), abstract_vision_params(config), what,
+    return state_dict_to_params(sd, vision_rows(config), nn.meta.unbox(abstract_params(config)), what,
                                 IGNORED)
 
 

@@ -104,10 +104,10 @@ def preset_components(name: str, seed: int = 0, dtype: str = "float32",
                       attention: str = "auto") -> Components:
     """A preset with random weights (seeded): for tests, benchmarks, and the default model
     until a trained one ships."""
+    import flax.linen as nn
+
     from diffjax.models import presets
-    from diffjax.weights.clip import abstract_text_params
-    from diffjax.weights.unet import abstract_unet_params
-    from diffjax.weights.vae import abstract_vae_params
+    from diffjax.models.abstract import abstract_params
     if name not in PRESET_MODELS:
         raise WeightsError(f"unknown model preset {name!r}; presets: {', '.join(PRESET_MODELS)}"
                            " (or give a diffusers-format folder)")
@@ -116,9 +116,9 @@ def preset_components(name: str, seed: int = 0, dtype: str = "float32",
                              attention_impl=attention)
     uc = dataclasses.replace(presets.UNET_PRESETS[u_name], dtype=dtype, attention_impl=attention)
     vc = dataclasses.replace(presets.VAE_PRESETS[v_name], attention_impl=attention)
-    tp = random_params(abstract_text_params(tc), seed)
-    up = random_params(abstract_unet_params(uc), seed + 1)
-    vp = random_params(abstract_vae_params(vc), seed + 2)
+    tp = random_params(nn.meta.unbox(abstract_params(tc)), seed)
+    up = random_params(nn.meta.unbox(abstract_params(uc)), seed + 1)
+    vp = random_params(nn.meta.unbox(abstract_params(vc)), seed + 2)
     return Components(name, tc, tp, uc, up, vc, vp, None,
                       dict(SD_SCHEDULER, prediction_type=prediction))
 

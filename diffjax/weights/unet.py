@@ -6,11 +6,11 @@ import dataclasses
 import json
 import os
 
-import jax
-import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 
-from diffjax.models.unet import UNet2DConditionModel, UNetConfig
+from diffjax.models.abstract import abstract_params
+from diffjax.models.unet import UNetConfig
 from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
                                 read_config_json, save_state_dict)
 from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
@@ -20,18 +20,8 @@ _FIELDS = [f.name for f in dataclasses.fields(UNetConfig)
 _TUPLES = ("block_out_channels", "down_block_types", "up_block_types")
 
 
-def abstract_unet_params(config: UNetConfig):
-    """Param shapes of the UNet, no allocation."""
-    import flax.linen as nn
-    s = config.sample_size
-    args = (jnp.zeros((1, s, s, config.in_channels)), jnp.zeros((1,)),
-            jnp.zeros((1, 1, config.cross_attention_dim)))
-    shapes = jax.eval_shape(lambda: UNet2DConditionModel(config).init(jax.random.key(0), *args))
-    return nn.meta.unbox(shapes)["params"]
-
-
 def unet_rows(config: UNetConfig):
-    return auto_rows(abstract_unet_params(config))
+    return auto_rows(nn.meta.unbox(abstract_params(config)))
 
 
 def unet_config_from_diffusers(d: dict, **overrides) -> UNetConfig:
@@ -63,7 +53,7 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict:
 
 
 def unet_params_from_state_dict(sd, config: UNetConfig, what="UNet checkpoint"):
-    return state_dict_to_params(sd, unet_rows(config), abstract_unet_params(config), what)
+    return state_dict_to_params(sd, unet_rows(config), nn.meta.unbox(abstract_params(config)), what)
 
 
 def unet_params_to_state_dict(params, config: UNetConfig) -> dict:

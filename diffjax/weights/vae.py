@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
-import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 
-from diffjax.models.vae import AutoencoderKL, VAEConfig
+from diffjax.models.abstract import abstract_params
+from diffjax.models.vae import VAEConfig
 from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
                                 read_config_json, save_state_dict)
 from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
@@ -22,16 +22,8 @@ _LEGACY = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
            ".proj_attn.": ".to_out.0."}
 
 
-def abstract_vae_params(config: VAEConfig):
-    import flax.linen as nn
-    f = config.downsample_factor
-    x = jnp.zeros((1, 2 * f, 2 * f, config.in_channels))
-    shapes = jax.eval_shape(lambda: AutoencoderKL(config).init(jax.random.key(0), x))
-    return nn.meta.unbox(shapes)["params"]
-
-
 def vae_rows(config: VAEConfig):
-    return auto_rows(abstract_vae_params(config))
+    return auto_rows(nn.meta.unbox(abstract_params(config)))
 
 
 def _modernise(sd):
@@ -65,7 +57,7 @@ def vae_config_to_diffusers(config: VAEConfig) -> dict:
 
 
 def vae_params_from_state_dict(sd, config: VAEConfig, what="VAE checkpoint"):
-    return state_dict_to_params(_modernise(sd), vae_rows(config), abstract_vae_params(config),
+    return state_dict_to_params(_modernise(sd), vae_rows(config), nn.meta.unbox(abstract_params(config)),
                                 what)
 
 
