@@ -65,8 +65,12 @@ def _parse_scalar(text: str, like, key: str):
         if isinstance(like, float):
             return float(text)
         if isinstance(like, (tuple, list)):
-            value = ast.literal_eval(text) if text.strip()[:1] in "([" else tuple(
-                v for v in text.split(",") if v)
+            if text.strip()[:1] in "([":
+                value = ast.literal_eval(text)
+            else:  # "5,10,20": items typed like the default's first item
+                value = tuple(v for v in text.split(",") if v)
+                if like and not isinstance(like[0], str):
+                    value = tuple(_parse_scalar(v.strip(), like[0], key) for v in value)
             if not isinstance(value, (tuple, list)):
                 value = (value,)
             return type(like)(value)
@@ -296,6 +300,33 @@ def to_dataclass(config, cls, prefix: str = ""):
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"config key {prefix + name!r} is required")
     return cls(**kwargs)
+
+
+def config_dict(cls, **values) -> ml_collections.ConfigDict:
+    """A ConfigDict of every field of dataclass `cls`: its default, or `values[name]`.
+
+    How a config file states a section so that each default is defined once, in the
+    dataclass its trainer or command reads: the file sets only its own choices, yet every
+    key is in the config (so `--config.a.b=...` can override it and config.json records
+    it). A field without a default must be given; an unknown name fails.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(_unknown_key_message(unknown[0], list(fields)))
+    out = {}
+    for name, f in fields.items():
+        if name in values:
+            out[name] = values[name]
+        elif f.default is not dataclasses.MISSING:
+            out[name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[name] = f.default_factory()
+        else:
+            raise ConfigError(f"{cls.__name__}.{name} has no default; the config must set it")
+        if dataclasses.is_dataclass(out[name]):
+            out[name] = dataclasses.asdict(out[name])
+    return ml_collections.ConfigDict(out)
 
 
 def check_range(name: str, value, lo=None, hi=None, lo_open=False) -> None:

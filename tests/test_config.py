@@ -110,3 +110,26 @@ def test_to_dataclass_checks_fields():
         cfg.to_dataclass({"steps": 1, "stepz": 2}, _Spec)
     with pytest.raises(cfg.ConfigError, match="'steps' is required"):
         cfg.to_dataclass({}, _Spec)
+
+
+def test_config_dict_states_every_field_once():
+    """A config section from the dataclass: its defaults, the given choices, every key
+    present (overridable), and back through to_dataclass unchanged."""
+    c = cfg.config_dict(_Spec, steps=4, shape=(1, 1))
+    assert c.to_dict() == {"steps": 4, "name": "a", "inner": {"rate": 0.1}, "shape": (1, 1)}
+    c.lock()
+    cfg.apply_override(c, "inner.rate=2")
+    assert cfg.to_dataclass(c, _Spec) == _Spec(4, "a", _Inner(2.0), (1, 1))
+    with pytest.raises(cfg.ConfigError, match="_Spec.steps has no default"):
+        cfg.config_dict(_Spec)
+    with pytest.raises(cfg.ConfigError, match="unknown config key 'stepz'"):
+        cfg.config_dict(_Spec, stepz=1)
+
+
+def test_list_override_items_are_typed_like_the_default():
+    c = cfg.load_config("diffjax.configs.compare.gmm_convergence",
+                        ["steps=5, 10", "guidance_scales=1,3.5", "samplers=euler,heun"])
+    assert c.steps == (5, 10) and c.guidance_scales == (1.0, 3.5)
+    assert c.samplers == ("euler", "heun")
+    with pytest.raises(cfg.ConfigError, match="cannot parse '5,ten'"):
+        cfg.apply_override(c, "steps=5,ten")

@@ -15,7 +15,7 @@ from diffjax.config import parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, seeds=256, dim=16, guidance="0")
+    a = parse_arg(arg, seeds=256, dim=16, guidance=0.0)
     c = ml_collections.ConfigDict()
     c.name = "gmm_convergence"
     c.out = ""
@@ -29,13 +29,18 @@ def get_config(arg=None):
         std=0.3,               # gmm: std of each component
     ))
     c.prompts = ""             # pipeline: '|'-separated prompts, cycled over the seeds
-    c.samplers = ("euler,ddim,heun,lms,plms,ipndm,deis,dpm_solver_singlestep,dpmpp_2m,"
-                  "dpmpp_3m,unipc,unipc_bh1,euler_ancestral")
-    c.steps = "5,10,20,40,80"
-    c.guidance_scales = a.guidance  # 0: unconditional, 1: class-conditional, >1: CFG
-    c.schedules = "karras"
+    c.samplers = ("euler", "ddim", "heun", "lms", "plms", "ipndm", "deis",
+                  "dpm_solver_singlestep", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc_bh1",
+                  "euler_ancestral")
+    # {sampler: {option: value}} (e.g. {"heun": {"s_churn": 40.0}}); `diffjax samplers`
+    # lists every sampler's options and defaults
+    c.sampler_options = ml_collections.ConfigDict()
+    c.steps = (5, 10, 20, 40, 80)
+    # 0: unconditional, 1: class-conditional, >1: CFG; several: --config.guidance_scales=1,3,7
+    c.guidance_scales = (a.guidance,)
+    c.schedules = ("karras",)
     c.seeds = a.seeds          # samples per cell: seeds 0..seeds-1, shared by every cell
-    c.metrics = "rmse,frechet"
+    c.metrics = ("rmse", "frechet")
     # The reference: a fine deterministic solve from the same initial noise. sigma_min 0:
     # its last nonzero sigma is the cells' (all end with the same jump to sigma = 0, so the
     # error measures the solve down to sigma_min); > 0 (gmm, continuous schedule): it goes

@@ -14,19 +14,20 @@ from diffjax.config import parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, seeds=200, guidance="5")
+    a = parse_arg(arg, seeds=200, guidance=5.0)
     c = ml_collections.ConfigDict()
     c.name = "mini_samplers"
     c.out = ""
     c.model = ml_collections.ConfigDict(dict(
         kind="pipeline", path="mini", seed=0, dim=0, n_components=0, spread=0.0, std=0.0))
     c.prompts = "shapes:test"   # seed i draws the caption of test example i
-    c.samplers = "euler,ddim,dpmpp_2m,unipc"
-    c.steps = "5,10,20"
-    c.guidance_scales = a.guidance
-    c.schedules = "karras"
+    c.samplers = ("euler", "ddim", "dpmpp_2m", "unipc")
+    c.sampler_options = ml_collections.ConfigDict()  # {sampler: {option: value}}
+    c.steps = (5, 10, 20)
+    c.guidance_scales = (a.guidance,)
+    c.schedules = ("karras",)
     c.seeds = a.seeds
-    c.metrics = "prompt_accuracy,clip_score,frechet,rmse"
+    c.metrics = ("prompt_accuracy", "clip_score", "frechet", "rmse")
     c.reference = ml_collections.ConfigDict(dict(sampler="dpmpp_2m", steps=200,
                                                  schedule="karras", sigma_min=0.0))
     c.fit_last = 2
