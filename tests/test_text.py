@@ -2,7 +2,7 @@
 
 The reference is OpenAI CLIP's own algorithm (`simple_tokenizer.py`: its regex, byte
 encoding and BPE loop), re-implemented here and run on the original BPE list in
-../shared/data/clip_bpe — independent of our vocab.json/merges.txt and of transformers.
+tests/data/ — independent of our vocab.json/merges.txt and of transformers.
 """
 
 import gzip
@@ -16,8 +16,8 @@ import regex
 
 from diffjax.text import MAX_LENGTH, load_tokenizer
 
-# OpenAI's original merge list (copied from shared/data/clip_bpe, MIT licence via
-# open-clip-torch 3.3.0), kept in the repo so the test does not depend on a sibling folder.
+# OpenAI's original merge list (MIT licence, via open-clip-torch 3.3.0), kept in the repo
+# so the test depends on nothing outside it.
 BPE_GZ = os.path.join(os.path.dirname(__file__), "data", "bpe_simple_vocab_16e6.txt.gz")
 
 

@@ -1,6 +1,6 @@
 """Build CLIP's `vocab.json` + `merges.txt` (Hugging Face format) from the original BPE list.
 
-    python tools/build_clip_vocab.py ../shared/data/clip_bpe/bpe_simple_vocab_16e6.txt.gz \
+    python tools/build_clip_vocab.py tests/data/bpe_simple_vocab_16e6.txt.gz \
         diffjax/assets/clip_tokenizer
 
 The order of the vocabulary is CLIP's own (openai/CLIP `simple_tokenizer.py`): the 256 byte
