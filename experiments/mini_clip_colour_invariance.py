@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import re
-import sys
 import time
 
 import numpy as np
@@ -147,5 +146,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

@@ -6,7 +6,7 @@ For each of the first n_images large shapes of the `shapes` test split: the mask
 shape's coverage dilated by 2 px (so no edge pixel of the old colour survives), the prompt
 is the example's own attributes with the colour changed to the next one of COLOURS, and
 the mini model inpaints it with blending (ordinary UNet, RePaint-style), strength 1, the
-default sampler (configs/sample.py), seeds 0..n_seeds-1. Counted: the oracle's colour
+default sampler (diffjax.configs.sample), seeds 0..n_seeds-1. Counted: the oracle's colour
 equals the new one (the criterion), and separately shape/background kept.
 Writes OUT_DIR/results.json and OUT_DIR/grid.png (rows: init image, then seeds).
 """
@@ -27,17 +27,16 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
 
 def main(out: str, n_images: int = 8, n_seeds: int = 16) -> dict:
     from diffjax.config import load_config
-    from diffjax.convert import load_components
+    from diffjax.weights.load import load
     from diffjax.data import shapes as S
-    from diffjax.image_conditioning import ImageToImage
     from diffjax.metrics import shapes_oracle
-    from diffjax.pipeline import spec_from_config
+    from diffjax.pipeline import InitImage, TextToImage, spec_from_config
     from diffjax.train.logging import save_grid
 
-    config = load_config("configs/sample.py", [])
+    config = load_config("diffjax.configs.sample", [])
     config.batch_size = n_seeds
     spec = spec_from_config(config)
-    comps = load_components("mini", spec.dtype, spec.attention)
+    comps = load("mini", spec.dtype, spec.attention)
     colours = list(S.COLOURS)
     trials, rows, i = [], [], 0
     while len(trials) < n_images:
@@ -50,7 +49,7 @@ def main(out: str, n_images: int = 8, n_seeds: int = 16) -> dict:
         mask = dilate(alpha > 0, 2).astype(np.float32)
         new = colours[(colours.index(spec_i.colour) + 1) % len(colours)]
         prompt = (f"a large {new} {spec_i.shape} on a {spec_i.background} background")
-        pipe = ImageToImage(comps, spec, init, mask, strength=1.0)
+        pipe = TextToImage(comps, spec, init=InitImage(init, mask, strength=1.0))
         images = pipe([prompt] * n_seeds, list(range(n_seeds)))
         got = [shapes_oracle.analyze(im) for im in images]
         trials.append({"index": i - 1, "prompt": prompt, "old_colour": spec_i.colour,

@@ -9,7 +9,7 @@ captions). Writes OUT_DIR/summary.json (losses at the start and end) and the gri
 """
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -20,10 +20,8 @@ import numpy as np
 
 
 def load(name, arg):
-    spec = importlib.util.spec_from_file_location(name, f"configs/train/{name}.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m.get_config(arg)
+    """The packaged training config `diffjax.configs.train.NAME` with `arg`, unlocked."""
+    return importlib.import_module(f"diffjax.configs.train.{name}").get_config(arg)
 
 
 def mean_loss(hist, sl):
@@ -35,7 +33,8 @@ def main(out, vae_steps=600, unet_steps=1500, n_train=4000):
 
     from diffjax.data import builders
     from diffjax.train import unet_trainer, vae_trainer
-    from diffjax.weights.folder import export_sd_folder, preset_components
+    from diffjax.weights.components import preset_components
+    from diffjax.weights.diffusers_folder import export_sd_folder
     work = os.path.join(out, "work")
     data = builders.build_shapes(os.path.join(work, "data"), 32, {"train": n_train})
     summary = {"train_examples": n_train}

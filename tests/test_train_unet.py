@@ -11,12 +11,8 @@ from diffjax.train.unet_trainer import train_and_evaluate
 
 
 def _config(dataset, steps, batch=8):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "unet_cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "train", "unet.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config(f"steps={steps},batch={batch}")
+    from diffjax.configs.train import unet
+    c = unet.get_config(f"steps={steps},batch={batch}")
     c.data.dataset = dataset
     c.optimizer.warmup_steps = 1
     c.train.save_every = 2
@@ -108,12 +104,12 @@ def test_init_from_takes_a_finished_runs_ema_unet(dp_run):
     a first); a run of another architecture is refused naming the parameter and both shapes."""
     import jax
 
-    from diffjax.convert import load_components
+    from diffjax.weights.load import load
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.train.unet_trainer import _initial_unet_params
     data, work, _, _ = dp_run
     c = _config(data, 1)
-    comps = load_components(c.model.name)
+    comps = load(c.model.name)
     assert _initial_unet_params(c, comps) is comps.unet_params      # no init_from
     c.model.init_from = work
     got = _initial_unet_params(c, comps)

@@ -15,16 +15,11 @@ from diffjax.train import logging as tlog
 from diffjax.train.clip_trainer import contrastive_loss
 from diffjax.train.vae_trainer import edge_map, kl_to_standard_normal, vae_loss
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-
 
 def _config(name, arg):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_cfg", os.path.join(ROOT, "configs", "train", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    """The packaged training config `diffjax.configs.train.NAME` with `arg`, unlocked."""
+    import importlib
+    return importlib.import_module(f"diffjax.configs.train.{name}").get_config(arg)
 
 
 # ---------------------------------------------------------------------------------------

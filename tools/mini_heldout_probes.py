@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mini_recipe import sample_pipeline  # noqa: E402 - the recipe's own measuring setup
 SPLICES = (  # (caption up to the colour word, caption after it)
     ("a large purple star in the center on a white background",) * 2,
     ("a large purple star in the center on a white background",
@@ -41,6 +37,14 @@ SPLICES = (  # (caption up to the colour word, caption after it)
     ("a large red square in the center on a white background",
      "a large blue square in the center on a white background"),
 )
+
+
+def sample_pipeline(model: str, batch: int):
+    """`model` with the default sample config at batch size `batch`: the setup every figure
+    of tools/mini_recipe.py is measured with, so the probes' figures compare with its."""
+    from diffjax.config import load_config
+    from diffjax.pipeline import load_pipeline
+    return load_pipeline(model, load_config("diffjax.configs.sample", [f"batch_size={batch}"]))
 
 
 def probe_pairs(model: str, n: int) -> dict:
@@ -115,10 +119,10 @@ def cosine(u, v) -> float:
 
 def probe_states(model: str) -> dict:
     """Cosines of text-tower states between caption pairs that differ in the shape only."""
-    from diffjax.convert import load_components
+    from diffjax.weights.load import load
     from diffjax.models.clip import CLIPTextModel
     from diffjax.text import load_tokenizer
-    c = load_components(model)
+    c = load(model)
     text, tok = CLIPTextModel(c.text_config), load_tokenizer(c.tokenizer_dir)
     pairs = {"held-out purple star ~ purple triangle": ("purple star", "purple triangle"),
              "held-out blue square ~ blue circle": ("blue square", "blue circle"),
@@ -176,7 +180,6 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=16,
                    help="splice: images per splice; article: seeds of the orange cross")
     a = p.parse_args(argv)
-    sys.path.insert(0, ROOT)
     result = {"pairs": lambda: probe_pairs(a.model, a.n or 300),
               "splice": lambda: probe_splice(a.model, a.seeds),
               "states": lambda: probe_states(a.model),
