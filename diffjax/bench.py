@@ -80,11 +80,11 @@ def peak_memory() -> dict:
 _STARTUP_SCRIPT = """
 import sys, time
 t0 = time.perf_counter()
-from diffjax.convert import load_components
+from diffjax.weights.load import load
 from diffjax.pipeline import SampleSpec, TextToImage, enable_compilation_cache
 enable_compilation_cache(sys.argv[1])
 import jax
-comps = load_components(sys.argv[2], sys.argv[3], sys.argv[4])
+comps = load(sys.argv[2], sys.argv[3], sys.argv[4])
 pipe = TextToImage(comps, SampleSpec(sampler=sys.argv[5], steps=int(sys.argv[6]),
                    batch_size=int(sys.argv[7]), dtype=sys.argv[3], attention=sys.argv[4],
                    mesh_shape=(1, 1, 1)), devices=jax.devices()[:1])
@@ -304,8 +304,8 @@ def run_bench(spec: BenchSpec, on_result=None) -> dict:
     (e.g. out of device memory) becomes a row with its error; the others still run."""
     import jax
 
-    from diffjax.convert import load_components
-    comps = load_components(spec.model, spec.dtype, spec.attention)
+    from diffjax.weights.load import load
+    comps = load(spec.model, spec.dtype, spec.attention)
     peak, peak_source = device_peak(spec.dtype)
     result = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
                   host=platform.node(), peak_flops=peak, peak_source=peak_source,

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("diffjax.commands.train", "train a UNet from a config (resumable workdir)"),
     "data": ("diffjax.commands.data", "build datasets: procedural shapes, image folders"),
     "compare": ("diffjax.commands.compare", "sampler comparison grid: quality vs NFE"),
-    "convert": ("diffjax.convert", "diffusers folder <-> diffjax checkpoint"),
+    "convert": ("diffjax.commands.convert", "diffusers folder <-> diffjax checkpoint"),
     "bench": ("diffjax.commands.bench", "throughput, compile time and FLOP utilisation"),
     "samplers": ("diffjax.commands.samplers", "list every sampler: NFE, order, reference"),
     "info": ("diffjax.commands.info", "versions, backend, devices and the mesh a config builds"),

@@ -404,8 +404,8 @@ def apply_flags(config, args):
     aspect, pixels = getattr(args, "aspect", None), getattr(args, "pixels", None)
     if aspect is None and pixels is None:
         return None
-    from diffjax.convert import load_components
-    comps = load_components(config.model, config.dtype, config.attention, 0)
+    from diffjax.weights.load import load
+    comps = load(config.model, config.dtype, config.attention, 0)
     factor = comps.vae_config.downsample_factor * comps.unet_config.downsample_factor
     native = comps.unet_config.sample_size * comps.vae_config.downsample_factor
     height, width = nearest_size(aspect or "1:1", pixels or native * native, factor)
@@ -418,8 +418,8 @@ def pipeline_for(config, spec, components=None) -> TextToImage:
     """ImageToImage when config.image names an init image, else TextToImage; the PNG
     metadata records the init image's and mask's file hashes (sha256) and the strength."""
     if components is None:
-        from diffjax.convert import load_components
-        components = load_components(config.model, spec.dtype, spec.attention, 0)
+        from diffjax.weights.load import load
+        components = load(config.model, spec.dtype, spec.attention, 0)
     image = config.get("image")
     if not image or not image.init_image:
         return TextToImage(components, spec)

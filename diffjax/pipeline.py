@@ -86,7 +86,7 @@ class TextToImage:
         from diffjax import sharding
         from diffjax.diffusion import schedules
         from diffjax.text import load_tokenizer
-        from diffjax.weights.folder import resolve_clip_skip
+        from diffjax.weights.components import resolve_clip_skip
         self.components, self.spec = components, spec
         c = components
         self.tokenizer = load_tokenizer(c.tokenizer_dir)
@@ -298,12 +298,12 @@ def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> 
 
     config: a SampleSpec, a sample ConfigDict (configs/sample.py), or None for defaults.
     """
-    from diffjax.convert import load_components
+    from diffjax.weights.load import load
     if config is None:
         spec = SampleSpec()
     elif isinstance(config, SampleSpec):
         spec = config
     else:
         spec = spec_from_config(config)
-    comps = load_components(path_or_preset, spec.dtype, spec.attention, seed)
+    comps = load(path_or_preset, spec.dtype, spec.attention, seed)
     return TextToImage(comps, spec, **kwargs)

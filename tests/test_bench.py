@@ -54,7 +54,7 @@ def test_unet_flops_xla_counts_every_attention_block():
     from diffjax.bench import jaxpr_flops, unet_flops_xla
     from diffjax.models import presets
     from diffjax.models.unet import UNet2DConditionModel
-    from diffjax.weights.folder import random_params
+    from diffjax.weights.components import random_params
     import flax.linen as nn
 
     from diffjax.models.abstract import abstract_params

@@ -162,7 +162,7 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
 def test_image_encoder_folder_round_trip_in_transformers(tmp_path):
     """A transformers CLIPVisionModelWithProjection folder -> ours -> export -> transformers:
     bit-equal outputs (float32 storage), and float16 storage loads back upcast to float32."""
-    from diffjax.weights.folder import upcast_half
+    from diffjax.weights.components import upcast_half
     torch.manual_seed(2)
     hf_cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=2, num_attention_heads=4,

@@ -21,9 +21,11 @@ except ModuleNotFoundError:
 
 import jax
 
-from diffjax import cli, convert
+from diffjax import cli
 from diffjax.text import default_tokenizer_dir
-from diffjax.weights.folder import load_sd_folder, preset_components
+from diffjax.weights import checkpoint
+from diffjax.weights.components import preset_components
+from diffjax.weights.diffusers_folder import load_sd_folder
 from diffjax.weights.io import WeightsError
 
 # The schedule Stable Diffusion 1.x ships (PNDM, the form export_sd_folder writes), so the
@@ -106,9 +108,9 @@ def test_round_trip_reloads_in_diffusers_identically(converted):
 @pytest.mark.parity
 def test_checkpoint_restores_exactly_what_the_folder_holds(converted):
     src, ckpt, _ = converted
-    assert convert.is_checkpoint(ckpt) and not convert.is_checkpoint(src)
+    assert checkpoint.is_checkpoint(ckpt) and not checkpoint.is_checkpoint(src)
     want = load_sd_folder(src)
-    got = convert.load_checkpoint(ckpt)
+    got = checkpoint.load_checkpoint(ckpt)
     assert got.name == "src" and got.scheduler == want.scheduler
     for field in ("text_config", "unet_config", "vae_config"):
         assert getattr(got, field) == getattr(want, field), field
@@ -124,7 +126,7 @@ def test_checkpoint_restores_exactly_what_the_folder_holds(converted):
                 open(os.path.join(got.tokenizer_dir, f), "rb") as b:
             assert a.read() == b.read(), f
     # run-time choices are overridable at load time, weights unchanged
-    bf = convert.load_checkpoint(ckpt, dtype="bfloat16", attention="chunked")
+    bf = checkpoint.load_checkpoint(ckpt, dtype="bfloat16", attention="chunked")
     assert bf.unet_config.dtype == "bfloat16" and bf.text_config.attention_impl == "chunked"
     assert bf.vae_config.attention_impl == "chunked"
 
@@ -138,12 +140,12 @@ def test_restore_onto_param_shardings(converted):
     from diffjax import sharding
     from diffjax.models.abstract import abstract_params
     _, ckpt, _ = converted
-    plain = convert.load_checkpoint(ckpt)
+    plain = checkpoint.load_checkpoint(ckpt)
     mesh = sharding.make_mesh((2, 1, 4))
     boxed = {"text_encoder": abstract_params(plain.text_config),
              "vae": abstract_params(plain.vae_config)}
     shardings = {k: sharding.param_shardings(v, mesh) for k, v in boxed.items()}
-    got = convert.load_checkpoint(ckpt, shardings=shardings)
+    got = checkpoint.load_checkpoint(ckpt, shardings=shardings)
     for name, field in (("text_encoder", "text_params"), ("vae", "vae_params")):
         leaves = jax.tree.leaves(getattr(got, field))
         assert sum(not a.sharding.is_fully_replicated for a in leaves) >= 4, name
@@ -151,13 +153,13 @@ def test_restore_onto_param_shardings(converted):
         for a, b in zip(leaves, jax.tree.leaves(getattr(plain, field))):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(WeightsError, match=r"unknown items \['clip'\]"):
-        convert.load_checkpoint(ckpt, shardings={"clip": shardings["vae"]})
+        checkpoint.load_checkpoint(ckpt, shardings={"clip": shardings["vae"]})
 
 
 def test_preset_to_checkpoint_and_back(tmp_path):
     want = preset_components("tiny", seed=3)
     assert cli.main(["convert", "tiny", str(tmp_path / "ck"), "--seed", "3"]) == 0
-    got = convert.load_checkpoint(str(tmp_path / "ck"))
+    got = checkpoint.load_checkpoint(str(tmp_path / "ck"))
     assert got.tokenizer_dir is None                     # packaged vocabulary, not copied
     assert got.unet_config == want.unet_config and got.scheduler == want.scheduler
     for a, b in zip(jax.tree.leaves(want.vae_params), jax.tree.leaves(got.vae_params)):
@@ -175,14 +177,14 @@ def test_trained_clip_skip_travels_with_the_model(tmp_path):
     """A model trained on an earlier text layer (diffjax-mini) declares it; a sample's
     clip_skip -1 then means that layer, through a folder and a diffjax checkpoint alike."""
     from diffjax.pipeline import SampleSpec, TextToImage
-    from diffjax.weights.folder import CLIP_SKIP_KEY, export_sd_folder
+    from diffjax.weights.diffusers_folder import CLIP_SKIP_KEY, export_sd_folder
     c = dataclasses.replace(preset_components("tiny", seed=0), clip_skip=2)
     export_sd_folder(c, str(tmp_path / "f"))
     with open(tmp_path / "f" / "model_index.json") as f:
         assert json.load(f)[CLIP_SKIP_KEY] == 2
     folder = load_sd_folder(str(tmp_path / "f"))
-    convert.save_checkpoint(folder, str(tmp_path / "ck"))
-    assert folder.clip_skip == convert.load_checkpoint(str(tmp_path / "ck")).clip_skip == 2
+    checkpoint.save_checkpoint(folder, str(tmp_path / "ck"))
+    assert folder.clip_skip == checkpoint.load_checkpoint(str(tmp_path / "ck")).clip_skip == 2
     spec = SampleSpec(steps=1, batch_size=8)
     assert TextToImage(folder, spec).metadata("p", "", 0)["clip_skip"] == 2
     explicit = TextToImage(folder, dataclasses.replace(spec, clip_skip=0))
@@ -206,17 +208,17 @@ def test_errors_name_the_problem(converted, tmp_path, capsys):
     assert "neither a packaged model (mini), a preset" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
     with pytest.raises(WeightsError, match="not a diffjax checkpoint"):
-        convert.load_checkpoint(src)
+        checkpoint.load_checkpoint(src)
     # a checkpoint whose UNet arrays do not fit its stored config names the network
-    c = convert.load_checkpoint(ckpt)
+    c = checkpoint.load_checkpoint(ckpt)
     bad = dataclasses.replace(c, unet_config=dataclasses.replace(
         c.unet_config, block_out_channels=(32, 48)))
-    convert.save_checkpoint(bad, str(tmp_path / "bad"))
+    checkpoint.save_checkpoint(bad, str(tmp_path / "bad"))
     with pytest.raises(WeightsError, match="unet params in .* does not match") as e:
-        convert.load_checkpoint(str(tmp_path / "bad"))
+        checkpoint.load_checkpoint(str(tmp_path / "bad"))
     assert "down_blocks_1/resnets_0/conv1/kernel has (3, 3, 32, 64), expected (3, 3, 32, 48)" \
         in str(e.value), str(e.value)
     # --force replaces, and leaves no .partial behind
     assert cli.main(["convert", src, str(tmp_path / "bad"), "--force"]) == 0
-    convert.load_checkpoint(str(tmp_path / "bad"))
+    checkpoint.load_checkpoint(str(tmp_path / "bad"))
     assert not os.path.exists(str(tmp_path / "bad") + ".partial")

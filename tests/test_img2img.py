@@ -20,7 +20,7 @@ from diffjax.models.unet import UNet2DConditionModel
 from diffjax.models.vae import AutoencoderKL
 from diffjax.pipeline import SampleSpec, TextToImage
 from diffjax.weights import unet as wu
-from diffjax.weights.folder import preset_components
+from diffjax.weights.components import preset_components
 
 # Euler: one UNet call per step, deterministic; 3 steps keep each compile small.
 SPEC = SampleSpec(sampler="euler", steps=3, guidance_scale=4.0, batch_size=2,

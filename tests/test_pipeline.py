@@ -9,7 +9,7 @@ import pytest
 
 from diffjax.config import ConfigError
 from diffjax.pipeline import SampleSpec, TextToImage, load_pipeline
-from diffjax.weights.folder import preset_components
+from diffjax.weights.components import preset_components
 from diffjax.weights.io import WeightsError
 
 SPEC = SampleSpec(sampler="euler_ancestral", steps=3, guidance_scale=4.0, batch_size=8)

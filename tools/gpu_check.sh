@@ -30,9 +30,9 @@ fi
 
 timeout 60 python3 -c "
 import jax
-from diffjax.convert import load_components
+from diffjax.weights.load import load
 from diffjax.pipeline import SampleSpec, TextToImage
-c = load_components('tiny', 'bfloat16', 'auto')
+c = load('tiny', 'bfloat16', 'auto')
 p = TextToImage(c, SampleSpec(sampler='euler', steps=4, batch_size=1, dtype='bfloat16',
                 mesh_shape=(1, 1, 1)), devices=jax.devices()[:1])
 print('tiny sample program compiled in', round(p.compile_seconds(), 2), 's;',

@@ -81,7 +81,7 @@ class CLIPFeatures:
     def from_folder(cls, folder: str) -> "CLIPFeatures":
         """A folder with text_encoder/ (with projection), image_encoder/, tokenizer/."""
         from diffjax.weights.clip import load_text_encoder, load_vision_encoder
-        from diffjax.weights.folder import upcast_half
+        from diffjax.weights.components import upcast_half
         for sub in ("text_encoder", "image_encoder"):
             if not os.path.isdir(os.path.join(folder, sub)):
                 raise FileNotFoundError(f"CLIP folder {folder!r} has no {sub}/ (need "
@@ -96,7 +96,7 @@ class CLIPFeatures:
     @classmethod
     def from_model(cls, name_or_folder: str = "mini") -> "CLIPFeatures":
         """The CLIP of a packaged model ("mini") or of a folder."""
-        from diffjax.weights.folder import PACKAGED_MODELS, packaged_model_dir
+        from diffjax.weights.components import PACKAGED_MODELS, packaged_model_dir
         if name_or_folder in PACKAGED_MODELS and not os.path.exists(name_or_folder):
             return cls.from_folder(packaged_model_dir(name_or_folder))
         return cls.from_folder(name_or_folder)

@@ -9,7 +9,7 @@ Models (config.model.kind):
               class-conditional: seed i is assigned component i % K, the conditional
               denoiser is that component's posterior mean, and the guided denoiser is
               D_u + w (D_c - D_u) (w = 0: unconditional, w = 1: conditional).
-  "pipeline"  any model `diffjax.convert.load_components` takes ("mini", preset, diffusers
+  "pipeline"  any model `diffjax.weights.load.load` takes ("mini", preset, diffusers
               folder, diffjax checkpoint), sampled through `TextToImage(...,
               output="latents")` on config.prompts ('|'-separated, cycled over the seeds,
               or "shapes:<split>": seed i gets the caption of example i of that split).
@@ -173,7 +173,7 @@ def make_plan(config) -> Plan:
 def _check_feature_extractor(name: str, need_text: bool) -> None:
     """"mini" (packaged) or a folder with image_encoder/ (and text_encoder/ for CLIP score)."""
     from diffjax.metrics import frechet
-    from diffjax.weights.folder import PACKAGED_MODELS
+    from diffjax.weights.components import PACKAGED_MODELS
     if name in PACKAGED_MODELS and not os.path.exists(name):
         return
     frechet.check_feature_folder(name)
@@ -313,12 +313,12 @@ class GMMBenchmark:
 
 
 class PipelineModel:
-    """Any load_components source, sampled to latents by TextToImage."""
+    """Any `diffjax.weights.load.load` source, sampled to latents by TextToImage."""
 
     def __init__(self, config, seeds):
-        from diffjax.convert import load_components
+        from diffjax.weights.load import load
         self.config = config
-        self.components = load_components(config.model.path, "float32", "auto",
+        self.components = load(config.model.path, "float32", "auto",
                                           config.model.seed)
         self.prompts = study_prompts(config.prompts, len(seeds))
         self.seeds = [int(s) for s in seeds]

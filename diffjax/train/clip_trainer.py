@@ -102,7 +102,7 @@ def init_clip_params(model, seed: int) -> dict:
     import numpy as np
 
     from diffjax.models.abstract import abstract_params
-    from diffjax.weights.folder import random_params
+    from diffjax.weights.components import random_params
     abstract = {"text_model": abstract_params(model.text),
                 "vision_model": abstract_params(model.vision)}
     params = random_params(nn.meta.unbox(abstract), seed)

@@ -31,7 +31,7 @@ from diffjax.train.runner import batch_maker, plain, start_or_resume
 from diffjax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                  make_optimizer)
 from diffjax.train.step import make_train_step
-from diffjax.weights.folder import resolve_clip_skip
+from diffjax.weights.components import resolve_clip_skip
 
 
 def unet_state_shardings(unet, comps, tx, state, mesh) -> TrainState:
@@ -68,8 +68,8 @@ def train_and_evaluate(config, workdir: str):
     from diffjax.text import load_tokenizer
 
     c = config
-    from diffjax.convert import load_components
-    comps = load_components(c.model.name, seed=c.seed)
+    from diffjax.weights.load import load
+    comps = load(c.model.name, seed=c.seed)
     text, unet, vae = (CLIPTextModel(comps.text_config), UNet2DConditionModel(comps.unet_config),
                        AutoencoderKL(comps.vae_config))
     mesh = sharding.make_mesh(tuple(c.mesh.shape))

@@ -114,7 +114,7 @@ def init_vae_params(vae_config, seed: int) -> dict:
     import flax.linen as nn
 
     from diffjax.models.abstract import abstract_params
-    from diffjax.weights.folder import random_params
+    from diffjax.weights.components import random_params
     return random_params(nn.meta.unbox(abstract_params(vae_config)), seed)
 
 

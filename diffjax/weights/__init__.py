@@ -1,6 +1,10 @@
-"""PyTorch checkpoints <-> diffjax params.
+"""Every checkpoint format -> params, and back.
 
-`io` reads and writes state dicts (safetensors without torch; `.bin` only where torch is
-installed) and checks keys/shapes; one module per network maps its keys (`clip`, `unet`,
-`vae`); `folder` loads and exports whole diffusers-format folders.
+`load.load(source)` is the one loader: packaged models, presets, diffjax checkpoints and
+diffusers folders, each as a `components.Components`. Below it: `io` reads, writes and
+checks PyTorch-style state dicts (safetensors without torch; `.bin` only where torch is
+installed); `mapping` maps state-dict keys to param paths, one module per network (`clip`,
+`unet`, `vae`) holds its rows and config translation; `diffusers_folder` reads and exports
+whole diffusers-format folders; `checkpoint` saves and restores diffjax orbax checkpoints;
+`convert` turns one format into the other.
 """

@@ -8,16 +8,13 @@ config.json is a transformers CLIPTextConfig) and writes one back that transform
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import flax.linen as nn
-import numpy as np
 
 from diffjax.models.abstract import abstract_params
 from diffjax.models.clip import CLIPTextConfig, CLIPVisionConfig
 from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
-                                read_config_json, save_state_dict)
+                                read_config_json, save_component)
 from diffjax.weights.mapping import params_to_state_dict, state_dict_to_params
 
 IGNORED = ("position_ids",)  # a buffer older checkpoints saved; not a parameter
@@ -134,14 +131,8 @@ def load_text_encoder(folder: str) -> tuple[CLIPTextConfig, dict]:
 def export_text_encoder(config: CLIPTextConfig, params, folder: str,
                         dtype: str = "float32") -> None:
     """Write config.json + model.safetensors that transformers loads (`dtype`: storage)."""
-    os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32).astype(dtype)
-          for k, v in text_params_to_state_dict(params, config).items()}
-    save_state_dict(sd, os.path.join(folder, "model.safetensors"))
-    tmp = os.path.join(folder, "config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(clip_text_config_to_hf(config), f, indent=2)
-    os.replace(tmp, os.path.join(folder, "config.json"))
+    save_component(folder, text_params_to_state_dict(params, config), "model.safetensors",
+                   clip_text_config_to_hf(config), dtype)
 
 
 # ---------------------------------------------------------------- vision tower folders
@@ -172,17 +163,11 @@ def export_vision_encoder(config: CLIPVisionConfig, params, folder: str,
                           dtype: str = "float32") -> None:
     """config.json + model.safetensors that transformers' CLIPVisionModelWithProjection
     loads (CLIPVisionModel when projection_dim is None)."""
-    os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32).astype(dtype)
-          for k, v in params_to_state_dict(params, vision_rows(config)).items()}
-    save_state_dict(sd, os.path.join(folder, "model.safetensors"))
     d = {k: getattr(config, k) for k in _VISION_KEYS}
     d.update(model_type="clip_vision_model", projection_dim=config.projection_dim or 768,
              architectures=["CLIPVisionModelWithProjection" if config.projection_dim
                             else "CLIPVisionModel"], torch_dtype="float32",
              attention_dropout=0.0, dropout=0.0, initializer_factor=1.0,
              initializer_range=0.02)
-    tmp = os.path.join(folder, "config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(d, f, indent=2)
-    os.replace(tmp, os.path.join(folder, "config.json"))
+    save_component(folder, params_to_state_dict(params, vision_rows(config)),
+                   "model.safetensors", d, dtype)

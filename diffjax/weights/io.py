@@ -105,6 +105,27 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLike,
         raise
 
 
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write JSON atomically (temp file + rename), indented as diffusers writes it."""
+    import json
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_component(folder: str | os.PathLike, state: Mapping[str, np.ndarray],
+                   weights_name: str, config: dict, dtype: str = "float32") -> None:
+    """One component folder of a diffusers-format model: the weights (`weights_name`, a
+    safetensors file, stored as `dtype`) and config.json."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    save_state_dict({k: np.asarray(v, np.float32).astype(dtype) for k, v in state.items()},
+                    os.path.join(folder, weights_name))
+    write_json(os.path.join(folder, "config.json"), config)
+
+
 def read_config_json(folder: str | os.PathLike, what: str) -> dict:
     """A component folder's config.json, with a named error when it is missing."""
     import json

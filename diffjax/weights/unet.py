@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import flax.linen as nn
-import numpy as np
 
 from diffjax.models.abstract import abstract_params
 from diffjax.models.unet import UNetConfig
 from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
-                                read_config_json, save_state_dict)
+                                read_config_json, save_component)
 from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
 
 _FIELDS = [f.name for f in dataclasses.fields(UNetConfig)
@@ -68,15 +65,5 @@ def load_unet(folder: str, **overrides) -> tuple[UNetConfig, dict]:
 
 def export_unet(config: UNetConfig, params, folder: str, dtype: str = "float32") -> None:
     """config.json + diffusion_pytorch_model.safetensors that diffusers loads."""
-    os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32).astype(dtype)
-          for k, v in unet_params_to_state_dict(params, config).items()}
-    save_state_dict(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
-    _write_json(os.path.join(folder, "config.json"), unet_config_to_diffusers(config))
-
-
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    save_component(folder, unet_params_to_state_dict(params, config),
+                   "diffusion_pytorch_model.safetensors", unet_config_to_diffusers(config), dtype)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import flax.linen as nn
-import numpy as np
 
 from diffjax.models.abstract import abstract_params
 from diffjax.models.vae import VAEConfig
 from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
-                                read_config_json, save_state_dict)
+                                read_config_json, save_component)
 from diffjax.weights.mapping import auto_rows, params_to_state_dict, state_dict_to_params
-from diffjax.weights.unet import _write_json
 
 _FIELDS = [f.name for f in dataclasses.fields(VAEConfig) if f.name not in ("dtype",
                                                                           "attention_impl")]
@@ -68,8 +65,6 @@ def load_vae(folder: str, **overrides) -> tuple[VAEConfig, dict]:
 
 
 def export_vae(config: VAEConfig, params, folder: str, dtype: str = "float32") -> None:
-    os.makedirs(folder, exist_ok=True)
-    sd = {k: np.asarray(v, np.float32).astype(dtype)
-          for k, v in params_to_state_dict(params, vae_rows(config)).items()}
-    save_state_dict(sd, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
-    _write_json(os.path.join(folder, "config.json"), vae_config_to_diffusers(config))
+    """config.json + diffusion_pytorch_model.safetensors that diffusers loads."""
+    save_component(folder, params_to_state_dict(params, vae_rows(config)),
+                   "diffusion_pytorch_model.safetensors", vae_config_to_diffusers(config), dtype)

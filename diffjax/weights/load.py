@@ -1,0 +1,32 @@
+"""`load(source)`: every model source diffjax reads, as one `Components`.
+
+A source is a packaged model's name ("mini": trained weights inside the package), a preset
+name (a published architecture with seeded random weights), a diffjax orbax checkpoint or a
+diffusers-format folder. Names win only when no such path exists, so a folder called
+`tiny` in the working directory is still read as a folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+from diffjax.weights.checkpoint import is_checkpoint, load_checkpoint
+from diffjax.weights.components import (PACKAGED_MODELS, PRESET_MODELS, Components,
+                                        packaged_model_dir, preset_components)
+from diffjax.weights.diffusers_folder import load_sd_folder
+
+
+def load(source: str, dtype: str = "float32", attention: str = "auto",
+         seed: int = 0) -> Components:
+    """The model `source` names, its networks computing in `dtype` with the `attention`
+    kernel (params stay float32); `seed` draws a preset's random weights. Errors
+    (`WeightsError`) name what `source` was expected to be."""
+    if source in PACKAGED_MODELS and not os.path.exists(source):
+        comps = load_sd_folder(packaged_model_dir(source), dtype, attention)
+        comps.name = source
+        return comps
+    if source in PRESET_MODELS and not os.path.exists(source):
+        return preset_components(source, seed, dtype, attention)
+    if is_checkpoint(source):
+        return load_checkpoint(source, dtype, attention)
+    return load_sd_folder(source, dtype, attention)   # named errors for anything else
