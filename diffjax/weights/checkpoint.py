@@ -31,7 +31,7 @@ VERSION = 1
 CONFIG_ITEM = "config"
 
 
-def items():
+def networks():
     """Network item name -> (Components config field, params field, config class).
 
     An explicit table (imported lazily: `diffjax --help` must not import jax) so save and
@@ -68,7 +68,7 @@ def components_to_json(c) -> dict:
     from diffjax import __version__
     out = dict(format=FORMAT, version=VERSION, diffjax_version=__version__, name=c.name,
                scheduler=dict(c.scheduler), clip_skip=int(c.clip_skip))
-    for config_field, _, _ in items().values():
+    for config_field, _, _ in networks().values():
         out[config_field] = _config_to_json(getattr(c, config_field))
     return out
 
@@ -93,7 +93,7 @@ def save_checkpoint(c, path: str, force: bool = False) -> None:
     partial = path + ".partial"
     shutil.rmtree(partial, ignore_errors=True)   # a previous crashed attempt
     args = {name: ocp.args.StandardSave(getattr(c, params_field))
-            for name, (_, params_field, _) in items().items()}
+            for name, (_, params_field, _) in networks().items()}
     args[CONFIG_ITEM] = ocp.args.JsonSave(components_to_json(c))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
         ckpt.save(partial, ocp.args.Composite(**args))
@@ -166,7 +166,7 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
     from diffjax.models.abstract import abstract_params
     from diffjax.weights.components import Components
     meta = read_checkpoint_config(path)
-    table = items()
+    table = networks()
     shardings = dict(shardings or {})
     unknown = sorted(set(shardings) - set(table))
     if unknown:

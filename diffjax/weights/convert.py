@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from diffjax.weights.checkpoint import is_checkpoint, items, save_checkpoint
+from diffjax.weights.checkpoint import is_checkpoint, networks, save_checkpoint
 from diffjax.weights.diffusers_folder import export_sd_folder
 from diffjax.weights.io import WeightsError
 from diffjax.weights.load import load
@@ -52,4 +52,4 @@ def convert(source: str, dest: str, to: str | None = None, force: bool = False,
             shutil.rmtree(dest)
         os.replace(partial, dest)
     return to, {name: _n_params(getattr(c, params_field))
-                for name, (_, params_field, _) in items().items()}
+                for name, (_, params_field, _) in networks().items()}

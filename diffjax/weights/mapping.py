@@ -4,8 +4,8 @@ A mapping is a list of `(torch_key, flax_path, layout)` rows. `layout` names how
 tensor is laid out differently: "same", "linear" (torch [out, in] <-> flax [in, out]) or
 "conv" (torch [out, in, kh, kw] <-> flax [kh, kw, in, out]). Both directions use the same
 rows, so import and export cannot drift apart, and the expected shapes come from the
-model itself (`jax.eval_shape`), so a checkpoint of the wrong size fails on the first
-mismatched key with its name.
+model itself (`models.abstract.abstract_params`), so a checkpoint of the wrong size fails
+on the first mismatched key with its name.
 """
 
 from __future__ import annotations
