@@ -2,7 +2,7 @@
 
 Mesh axes are ('data', 'fsdp', 'tensor'); their sizes come from the config (one may be
 -1: all remaining devices). Modules name their weights' axes logically
-(`diffjax.models.layers` constants); the rule table maps logical names to mesh axes, so a
+(`diffjax.models.axes` constants); the rule table maps logical names to mesh axes, so a
 new layout is a config change, not a code change. Meshes use automatic axis types
 (`jax.sharding.Mesh`), which is what `nn.logical_to_mesh_sharding` and jit in/out
 shardings expect.
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffjax.models import layers
+from diffjax.models import axes
 
 MESH_AXES = ("data", "fsdp", "tensor")
 DATA_AXES = ("data", "fsdp")  # the batch/seed axis is split over both
@@ -24,16 +24,16 @@ DATA_AXES = ("data", "fsdp")  # the batch/seed axis is split over both
 # Logical axis -> mesh axis (None = replicated). FSDP shards the model width, tensor
 # parallelism the heads and MLP/conv-output widths.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    (layers.BATCH, DATA_AXES),
-    (layers.LENGTH, None),
-    (layers.EMBED, "fsdp"),
-    (layers.HEADS, "tensor"),
-    (layers.MLP, "tensor"),
-    (layers.VOCAB, "tensor"),
-    (layers.CONV_IN, "fsdp"),
-    (layers.CONV_OUT, "tensor"),
-    (layers.NORM, None),
-    (layers.POSITION, None),
+    (axes.BATCH, DATA_AXES),
+    (axes.LENGTH, None),
+    (axes.EMBED, "fsdp"),
+    (axes.HEADS, "tensor"),
+    (axes.MLP, "tensor"),
+    (axes.VOCAB, "tensor"),
+    (axes.CONV_IN, "fsdp"),
+    (axes.CONV_OUT, "tensor"),
+    (axes.NORM, None),
+    (axes.POSITION, None),
 )
 
 

@@ -17,7 +17,7 @@ except ModuleNotFoundError:
 import jax
 import jax.numpy as jnp
 
-from diffjax.models import layers, presets
+from diffjax.models import presets
 from diffjax.models.abstract import abstract_params
 from diffjax.models.unet import UNet2DConditionModel
 from diffjax.models.vae import AutoencoderKL
@@ -178,50 +178,6 @@ def test_bad_unet_checkpoint_names_keys(unet_case):
     with pytest.raises(WeightsError, match=r"missing key\(s\): conv_in.bias") as e:
         wu.unet_params_from_state_dict(sd, config)
     assert "conv_out.weight has (1," in str(e.value)
-
-
-@pytest.mark.parametrize("group", [1, 2, 6])
-def test_attention_impls_agree(monkeypatch, group):
-    """Every kernel equals the plain einsum softmax (atol 1e-5: float32 reassociation of a
-    300-key sum). The chunked kernel's block budget is shrunk so that its loop runs with 1,
-    2 and all 6 (batch, head) pairs per block over 3 blocks of rows, one of them padded,
-    with and without a causal mask."""
-    monkeypatch.setattr(layers, "CHUNK_BLOCK_ELEMENTS", group * 128 * 300)
-    rng = np.random.default_rng(0)
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 300, 3, 8)), jnp.float32) for _ in range(3))
-    for causal in (False, True):
-        ref = layers.attention(q, k, v, impl="xla", is_causal=causal)
-        for impl in ("chunked", "cudnn", "auto"):
-            np.testing.assert_allclose(
-                layers.attention(q, k, v, impl=impl, chunk_size=128, is_causal=causal), ref,
-                atol=1e-5, rtol=0, err_msg=f"{impl} causal={causal}")
-
-
-@pytest.mark.parametrize("shape,kernel,padding,im2col", [
-    ((2, 8, 8, 256), 3, ((1, 1), (1, 1)), True), ((1, 5, 7, 256), 3, ((0, 1), (0, 1)), True),
-    ((2, 8, 8, 16), 3, ((1, 1), (1, 1)), False), ((1, 5, 7, 3), 3, ((1, 1), (1, 1)), False),
-    ((2, 4, 4, 8), 1, ((0, 0), (0, 0)), False)])
-def test_conv_lowering_equals_xla(shape, kernel, padding, im2col):
-    """layers.conv's CPU lowering (im2col for small stride-1 convs with >= 256 input
-    channels, XLA's conv otherwise and on other backends) takes the expected path and equals
-    lax.conv_general_dilated, stride 1 and 2, odd sizes and asymmetric padding included.
-    Tolerance 1e-5 x max|ref|: float32 sums of up to 2,304 terms reordered."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], 6)), jnp.float32)
-    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    for strides in ((1, 1), (2, 2)):
-        ref = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
-
-        def lowered(x, w, strides=strides):
-            return layers._conv_general_dilated(x, w, strides, padding, lhs_dilation=(1, 1),
-                                                rhs_dilation=(1, 1), dimension_numbers=dn)
-        out = lowered(x, w)
-        assert out.shape == ref.shape
-        np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()), rtol=0)
-        prims = {e.primitive.name for e in jax.make_jaxpr(lowered)(x, w).jaxpr.eqns}
-        as_matmul = strides == (1, 1) and im2col and jax.default_backend() == "cpu"
-        assert ("conv_general_dilated" not in prims) == as_matmul, (strides, prims)
 
 
 def test_sharded_unet_equals_unsharded():

@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models import layers
-from diffjax.models.layers import EMBED, HEADS, MLP, NORM, POSITION, VOCAB
+from diffjax.models.attention import attention
+from diffjax.models.axes import CONV_IN, EMBED, HEADS, MLP, POSITION, VOCAB
+from diffjax.models.normalization import layer_norm
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -65,12 +66,6 @@ def _dense(features, axes, name, dtype, use_bias=True):
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
-def _layer_norm(eps, name):
-    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (NORM,)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (NORM,)))
-
-
 class CLIPAttention(nn.Module):
     hidden_size: int
     num_heads: int
@@ -83,7 +78,7 @@ class CLIPAttention(nn.Module):
         hd = self.hidden_size // self.num_heads
         q, k, v = (_dense(self.hidden_size, (EMBED, HEADS), f"{p}_proj", self.dtype)(x)
                    .reshape(b, n, self.num_heads, hd) for p in ("q", "k", "v"))
-        out = layers.attention(q, k, v, mask=mask, is_causal=causal, impl=self.attention_impl)
+        out = attention(q, k, v, mask=mask, is_causal=causal, impl=self.attention_impl)
         out = out.reshape(b, n, self.hidden_size)
         return _dense(self.hidden_size, (HEADS, EMBED), "out_proj", self.dtype)(out)
 
@@ -99,10 +94,10 @@ class CLIPEncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, causal: bool, mask=None):
-        h = _layer_norm(self.eps, "layer_norm1")(x).astype(self.dtype)
+        h = layer_norm(self.eps, "layer_norm1")(x).astype(self.dtype)
         x = x + CLIPAttention(self.hidden_size, self.num_heads, self.dtype, self.attention_impl,
                               name="self_attn")(h, causal, mask)
-        h = _layer_norm(self.eps, "layer_norm2")(x).astype(self.dtype)
+        h = layer_norm(self.eps, "layer_norm2")(x).astype(self.dtype)
         h = _dense(self.intermediate_size, (EMBED, MLP), "fc1", self.dtype)(h)
         h = ACTIVATIONS[self.act](h)
         h = _dense(self.hidden_size, (MLP, EMBED), "fc2", self.dtype)(h)
@@ -178,7 +173,7 @@ class CLIPTextModel(nn.Module):
         hidden = CLIPEncoder(c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                              c.num_attention_heads, c.hidden_act, c.layer_norm_eps, dtype,
                              c.attention_impl, name="encoder")(x, True, mask)
-        final_ln = _layer_norm(c.layer_norm_eps, "final_layer_norm")
+        final_ln = layer_norm(c.layer_norm_eps, "final_layer_norm")
         last = final_ln(hidden[-1])
         context = last if clip_skip == 0 else final_ln(hidden[-1 - clip_skip])
         pooled = last[jnp.arange(ids.shape[0]), eos_positions(ids, c.eos_token_id)]
@@ -214,7 +209,7 @@ class CLIPVisionModel(nn.Module):
                           dtype=dtype, name="patch_embedding",
                           kernel_init=nn.with_logical_partitioning(
                               nn.initializers.normal(0.02),
-                              (None, None, layers.CONV_IN, EMBED)))(pixels.astype(dtype))
+                              (None, None, CONV_IN, EMBED)))(pixels.astype(dtype))
         b = patches.shape[0]
         patches = patches.reshape(b, -1, c.hidden_size)
         cls = self.param("class_embedding", nn.with_logical_partitioning(
@@ -224,11 +219,11 @@ class CLIPVisionModel(nn.Module):
             nn.initializers.normal(0.02), (POSITION, EMBED)), (n_pos, c.hidden_size))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.hidden_size)),
                              patches], axis=1) + pos[None].astype(dtype)
-        x = _layer_norm(c.layer_norm_eps, "pre_layrnorm")(x)
+        x = layer_norm(c.layer_norm_eps, "pre_layrnorm")(x)
         hidden = CLIPEncoder(c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                              c.num_attention_heads, c.hidden_act, c.layer_norm_eps, dtype,
                              c.attention_impl, name="encoder")(x, False)
-        pooled = _layer_norm(c.layer_norm_eps, "post_layernorm")(hidden[-1][:, 0])
+        pooled = layer_norm(c.layer_norm_eps, "post_layernorm")(hidden[-1][:, 0])
         embeds = None
         if c.projection_dim is not None:
             embeds = _dense(c.projection_dim, (EMBED, HEADS), "visual_projection", jnp.float32,

@@ -14,8 +14,11 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffjax.models import layers
-from diffjax.models.layers import EMBED, MLP
+from diffjax.models.convolution import conv
+from diffjax.models.normalization import group_norm
+from diffjax.models.resnet_blocks import Downsample2D, ResnetBlock2D, Upsample2D
+from diffjax.models.timestep_embedding import TimestepEmbedding, timestep_embedding
+from diffjax.models.transformer_blocks import Transformer2D
 
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -70,17 +73,6 @@ class UNetConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-class TimestepEmbedding(nn.Module):
-    dim: int
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x):
-        x = layers.dense(self.dim, (EMBED, MLP), dtype=self.dtype, name="linear_1")(x)
-        return layers.dense(self.dim, (MLP, EMBED), dtype=self.dtype,
-                            name="linear_2")(nn.silu(x))
-
-
 class DownBlock(nn.Module):
     out_channels: int
     heads: int
@@ -91,19 +83,19 @@ class DownBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb, context):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
-        resnet = nn.remat(layers.ResnetBlock2D) if c.remat else layers.ResnetBlock2D
+        resnet = nn.remat(ResnetBlock2D) if c.remat else ResnetBlock2D
         skips = []
         for j in range(c.layers_per_block):
             x = resnet(self.out_channels, c.norm_num_groups, c.norm_eps, dtype,
                        name=f"resnets_{j}")(x, temb)
             if self.cross:
-                x = layers.Transformer2D(self.out_channels, self.heads,
-                                         c.transformer_layers_per_block,
-                                         c.use_linear_projection, c.norm_num_groups, dtype,
-                                         c.attention_impl, name=f"attentions_{j}")(x, context)
+                x = Transformer2D(self.out_channels, self.heads,
+                                  c.transformer_layers_per_block,
+                                  c.use_linear_projection, c.norm_num_groups, dtype,
+                                  c.attention_impl, name=f"attentions_{j}")(x, context)
             skips.append(x)
         if self.add_downsample:
-            x = layers.Downsample2D(self.out_channels, 1, dtype, name="downsamplers_0")(x)
+            x = Downsample2D(self.out_channels, 1, dtype, name="downsamplers_0")(x)
             skips.append(x)
         return x, skips
 
@@ -118,18 +110,18 @@ class UpBlock(nn.Module):
     @nn.compact
     def __call__(self, x, skips, temb, context):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
-        resnet = nn.remat(layers.ResnetBlock2D) if c.remat else layers.ResnetBlock2D
+        resnet = nn.remat(ResnetBlock2D) if c.remat else ResnetBlock2D
         for j in range(c.layers_per_block + 1):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
             x = resnet(self.out_channels, c.norm_num_groups, c.norm_eps, dtype,
                        name=f"resnets_{j}")(x, temb)
             if self.cross:
-                x = layers.Transformer2D(self.out_channels, self.heads,
-                                         c.transformer_layers_per_block,
-                                         c.use_linear_projection, c.norm_num_groups, dtype,
-                                         c.attention_impl, name=f"attentions_{j}")(x, context)
+                x = Transformer2D(self.out_channels, self.heads,
+                                  c.transformer_layers_per_block,
+                                  c.use_linear_projection, c.norm_num_groups, dtype,
+                                  c.attention_impl, name=f"attentions_{j}")(x, context)
         if self.add_upsample:
-            x = layers.Upsample2D(self.out_channels, dtype, name="upsamplers_0")(x)
+            x = Upsample2D(self.out_channels, dtype, name="upsamplers_0")(x)
         return x
 
 
@@ -141,13 +133,13 @@ class MidBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb, context):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
-        x = layers.ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, dtype,
-                                 name="resnets_0")(x, temb)
-        x = layers.Transformer2D(self.channels, self.heads, c.transformer_layers_per_block,
-                                 c.use_linear_projection, c.norm_num_groups, dtype,
-                                 c.attention_impl, name="attentions_0")(x, context)
-        return layers.ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, dtype,
-                                    name="resnets_1")(x, temb)
+        x = ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, dtype,
+                          name="resnets_0")(x, temb)
+        x = Transformer2D(self.channels, self.heads, c.transformer_layers_per_block,
+                          c.use_linear_projection, c.norm_num_groups, dtype,
+                          c.attention_impl, name="attentions_0")(x, context)
+        return ResnetBlock2D(self.channels, c.norm_num_groups, c.norm_eps, dtype,
+                             name="resnets_1")(x, temb)
 
 
 class UNet2DConditionModel(nn.Module):
@@ -160,11 +152,11 @@ class UNet2DConditionModel(nn.Module):
         dtype = jnp.dtype(c.dtype)
         ch = c.block_out_channels
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), sample.shape[:1])
-        t = layers.timestep_embedding(timesteps, ch[0], c.flip_sin_to_cos, c.freq_shift)
+        t = timestep_embedding(timesteps, ch[0], c.flip_sin_to_cos, c.freq_shift)
         temb = TimestepEmbedding(ch[0] * 4, dtype, name="time_embedding")(t.astype(dtype))
         context = context.astype(dtype)
 
-        x = layers.conv(ch[0], dtype=dtype, name="conv_in")(sample.astype(dtype))
+        x = conv(ch[0], dtype=dtype, name="conv_in")(sample.astype(dtype))
         skips = [x]
         for i, kind in enumerate(c.down_block_types):
             x, s = DownBlock(ch[i], c.heads[i], kind == "CrossAttnDownBlock2D",
@@ -177,5 +169,5 @@ class UNet2DConditionModel(nn.Module):
             block_skips, skips = skips[-n:], skips[:-n]
             x = UpBlock(rev_ch[i], rev_heads[i], kind == "CrossAttnUpBlock2D", i < len(ch) - 1,
                         c, name=f"up_blocks_{i}")(x, block_skips, temb, context)
-        x = nn.silu(layers.group_norm(c.norm_num_groups, c.norm_eps, "conv_norm_out")(x))
-        return layers.conv(c.out_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
+        x = nn.silu(group_norm(c.norm_num_groups, c.norm_eps, "conv_norm_out")(x))
+        return conv(c.out_channels, dtype=dtype, name="conv_out")(x.astype(dtype))

@@ -13,7 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models import layers
+from diffjax.models.convolution import conv
+from diffjax.models.normalization import group_norm
+from diffjax.models.resnet_blocks import Downsample2D, ResnetBlock2D, Upsample2D
+from diffjax.models.transformer_blocks import Attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +65,13 @@ class VAEMidBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = layers.ResnetBlock2D(self.channels, self.groups, 1e-6, self.dtype, name="resnets_0")(x)
+        x = ResnetBlock2D(self.channels, self.groups, 1e-6, self.dtype, name="resnets_0")(x)
         b, h, w, c = x.shape
-        x = layers.Attention(1, c, c, qkv_bias=True, dtype=self.dtype, impl=self.impl,
-                             norm_groups=self.groups, name="attentions_0")(
+        x = Attention(1, c, c, qkv_bias=True, dtype=self.dtype, impl=self.impl,
+                      norm_groups=self.groups, name="attentions_0")(
             x.reshape(b, h * w, c)).reshape(b, h, w, c)
-        return layers.ResnetBlock2D(self.channels, self.groups, 1e-6, self.dtype,
-                                    name="resnets_1")(x)
+        return ResnetBlock2D(self.channels, self.groups, 1e-6, self.dtype,
+                             name="resnets_1")(x)
 
 
 class Encoder(nn.Module):
@@ -78,16 +81,16 @@ class Encoder(nn.Module):
     def __call__(self, x):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
         ch = c.block_out_channels
-        x = layers.conv(ch[0], dtype=dtype, name="conv_in")(x.astype(dtype))
+        x = conv(ch[0], dtype=dtype, name="conv_in")(x.astype(dtype))
         for i, out in enumerate(ch):
             for j in range(c.layers_per_block):
-                x = layers.ResnetBlock2D(out, c.norm_num_groups, 1e-6, dtype,
-                                         name=f"down_blocks_{i}_resnets_{j}")(x)
+                x = ResnetBlock2D(out, c.norm_num_groups, 1e-6, dtype,
+                                  name=f"down_blocks_{i}_resnets_{j}")(x)
             if i < len(ch) - 1:
-                x = layers.Downsample2D(out, 0, dtype, name=f"down_blocks_{i}_downsamplers_0")(x)
+                x = Downsample2D(out, 0, dtype, name=f"down_blocks_{i}_downsamplers_0")(x)
         x = VAEMidBlock(ch[-1], c.norm_num_groups, dtype, c.attention_impl, name="mid_block")(x)
-        x = nn.silu(layers.group_norm(c.norm_num_groups, 1e-6, "conv_norm_out")(x))
-        return layers.conv(2 * c.latent_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
+        x = nn.silu(group_norm(c.norm_num_groups, 1e-6, "conv_norm_out")(x))
+        return conv(2 * c.latent_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
 
 
 class Decoder(nn.Module):
@@ -97,16 +100,16 @@ class Decoder(nn.Module):
     def __call__(self, z):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
         ch = c.block_out_channels[::-1]
-        x = layers.conv(ch[0], dtype=dtype, name="conv_in")(z.astype(dtype))
+        x = conv(ch[0], dtype=dtype, name="conv_in")(z.astype(dtype))
         x = VAEMidBlock(ch[0], c.norm_num_groups, dtype, c.attention_impl, name="mid_block")(x)
         for i, out in enumerate(ch):
             for j in range(c.layers_per_block + 1):
-                x = layers.ResnetBlock2D(out, c.norm_num_groups, 1e-6, dtype,
-                                         name=f"up_blocks_{i}_resnets_{j}")(x)
+                x = ResnetBlock2D(out, c.norm_num_groups, 1e-6, dtype,
+                                  name=f"up_blocks_{i}_resnets_{j}")(x)
             if i < len(ch) - 1:
-                x = layers.Upsample2D(out, dtype, name=f"up_blocks_{i}_upsamplers_0")(x)
-        x = nn.silu(layers.group_norm(c.norm_num_groups, 1e-6, "conv_norm_out")(x))
-        return layers.conv(c.out_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
+                x = Upsample2D(out, dtype, name=f"up_blocks_{i}_upsamplers_0")(x)
+        x = nn.silu(group_norm(c.norm_num_groups, 1e-6, "conv_norm_out")(x))
+        return conv(c.out_channels, dtype=dtype, name="conv_out")(x.astype(dtype))
 
 
 class AutoencoderKL(nn.Module):
@@ -117,8 +120,8 @@ class AutoencoderKL(nn.Module):
         dtype = jnp.dtype(c.dtype)
         self.encoder = Encoder(c)
         self.decoder = Decoder(c)
-        self.quant_conv = layers.conv(2 * c.latent_channels, 1, padding=0, dtype=dtype)
-        self.post_quant_conv = layers.conv(c.latent_channels, 1, padding=0, dtype=dtype)
+        self.quant_conv = conv(2 * c.latent_channels, 1, padding=0, dtype=dtype)
+        self.post_quant_conv = conv(c.latent_channels, 1, padding=0, dtype=dtype)
 
     def encode(self, x) -> DiagonalGaussian:
         moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
