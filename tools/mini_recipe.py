@@ -11,8 +11,9 @@ writes a diffusers-format folder with the trained CLIP (text and image towers) a
 plus a fresh UNet (the UNet trainer's `model`), after measuring the VAE's latent scaling
 factor (1/std of its latents, as LDM chose 0.18215); `package` writes the EMA UNet into
 that folder as the shipped model (float16 storage, < 25 MB). Every training stage is a
-plain `diffjax train --config configs/mini/<stage>.py:<args>` run; its workdir's
-config.json reruns it.
+plain `diffjax train --config diffjax.configs.mini.<stage>:<args>` run; its workdir's
+config.json reruns it. Run from the repository root: the default paths (runs/, data/,
+diffjax/assets/mini) are relative to it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The recipe, one stage after another in this process. (Side by side, as separate
 # processes, saved nothing on the 2-core CPU: CLIP and VAE took 31.2 min together against
 # 29.7 one after the other.)
@@ -44,7 +44,7 @@ UNET_CLIP_SKIP = 2
 STAGE_ARGS = {"unet": lambda runs: {"model": os.path.join(runs, "base"),
                                     "clip_skip": UNET_CLIP_SKIP}}
 DATA_SIZES = {"train": 50000, "test": 1000, "holdout": 1000}
-SHIPPED = os.path.join(ROOT, "diffjax", "assets", "mini")
+SHIPPED = os.path.join("diffjax", "assets", "mini")  # in the checkout the tool runs in
 SHIPPED_SEED = 1  # the shipped model is this recipe's run with seed 1 (README)
 # Pixels in [-1, 1], as every mini network was trained: mean = std = 0.5 on [0, 1].
 MINI_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -61,12 +61,12 @@ def stage_data(a) -> None:
 
 
 def train_stage(a, name: str, **args) -> None:
-    """`diffjax train --config configs/mini/NAME.py:dataset=...,seed=...` in-process."""
+    """`diffjax train --config diffjax.configs.mini.NAME:dataset=...,seed=...` in-process."""
     from diffjax.commands.train import get_trainer
     from diffjax.config import load_config
     arg = ",".join(f"{k}={v}" for k, v in dict(dataset=dataset_dir(a.data), seed=a.seed,
                                                 **args).items())
-    config = load_config(os.path.join(ROOT, "configs", "mini", f"{name}.py") + ":" + arg, [])
+    config = load_config(f"diffjax.configs.mini.{name}:{arg}", [])
     t0 = time.time()
     get_trainer(config)(config, os.path.join(a.runs, name))
     _log_time(a, name, time.time() - t0)
@@ -102,8 +102,7 @@ def stage_assemble(a) -> None:
     from diffjax.models import presets
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.train.clip_trainer import clip_configs
-    from diffjax.weights.components import SD_SCHEDULER, Components, random_params
-    from diffjax.weights.diffusers_folder import export_sd_folder
+    from diffjax.weights.folder import SD_SCHEDULER, Components, export_sd_folder, random_params
     import flax.linen as nn
 
     from diffjax.models.abstract import abstract_params
@@ -125,15 +124,16 @@ def stage_assemble(a) -> None:
 
 
 def repo_relative(value):
-    """`value` (a run's config.json) with paths under the repository root made relative to
-    it, so the shipped record reruns from any clone (a stage's config.json keeps the paths
-    it was given: absolute when --runs / --data were)."""
+    """`value` (a run's config.json) with paths under the repository root (the current
+    directory, where the recipe runs) made relative to it, so the shipped record reruns from
+    any clone (a stage's config.json keeps the paths it was given: absolute when --runs /
+    --data were)."""
     if isinstance(value, dict):  # explicit walk: keeps the config's key order, which
         return {k: repo_relative(v) for k, v in value.items()}  # jax.tree_map would sort
     if isinstance(value, list):
         return [repo_relative(v) for v in value]
-    if isinstance(value, str) and value.startswith(ROOT + os.sep):
-        return os.path.relpath(value, ROOT)
+    if isinstance(value, str) and value.startswith(os.getcwd() + os.sep):
+        return os.path.relpath(value)
     return value
 
 
@@ -144,8 +144,7 @@ def stage_package(a) -> None:
 
     from diffjax.metrics.clip_features import write_normalization
     from diffjax.train.checkpoint import load_trained_params
-    from diffjax.weights.components import resolve_clip_skip
-    from diffjax.weights.diffusers_folder import export_sd_folder, load_sd_folder
+    from diffjax.weights.folder import export_sd_folder, load_sd_folder, resolve_clip_skip
     comps = load_sd_folder(os.path.join(a.runs, "base"))
     configs = {s: repo_relative(json.load(open(os.path.join(a.runs, s, "config.json"))))
                for s in TRAIN_STAGES}
@@ -172,18 +171,17 @@ def stage_package(a) -> None:
 
 
 def sample_pipeline(model: str, batch: int):
-    """`model` with the default sample config (configs/sample.py) at batch size `batch`:
+    """`model` with the default sample config (diffjax.configs.sample) at batch size `batch`:
     what every figure of the recipe and its probes is measured with."""
     from diffjax.config import load_config
     from diffjax.pipeline import load_pipeline
-    config = load_config(os.path.join(ROOT, "configs", "sample.py"), [])
-    config.batch_size = batch
+    config = load_config("diffjax.configs.sample", [f"batch_size={batch}"])
     return load_pipeline(model, config)
 
 
 def evaluate(model: str, n: int, seed_offset: int = 0, batch: int = 100) -> dict:
     """Prompt accuracy (oracle) of `model` on the first n `test` (seen combinations) and
-    n `holdout` captions, the default sampler of configs/sample.py; the CLIP ranking."""
+    n `holdout` captions, the default sampler of diffjax.configs.sample; the CLIP ranking."""
     from diffjax.data import shapes as S
     from diffjax.metrics import shapes_oracle
     from diffjax.metrics.clip_features import CLIPFeatures
