@@ -30,7 +30,7 @@ def mini_pipe():
 
 def test_mini_is_the_default_model_and_small():
     from diffjax.config import load_config
-    from diffjax.weights.folder import packaged_model_dir
+    from diffjax.weights.components import packaged_model_dir
     assert load_config("configs/sample.py", []).model == "mini"
     folder = packaged_model_dir("mini")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
@@ -85,8 +85,8 @@ def test_mini_draws_held_out_pairs(mini_pipe):
 def test_mini_declares_its_text_layer(mini_pipe):
     """The shipped UNet was trained on the text tower's embeddings; the folder says so and
     a default sample config (clip_skip -1) follows it."""
-    from diffjax.convert import load_components
-    assert load_components("mini").clip_skip == 2
+    from diffjax.weights.load import load
+    assert load("mini").clip_skip == 2
     assert mini_pipe.spec.clip_skip == -1 and mini_pipe.clip_skip == 2
     assert mini_pipe.metadata("p", "", 0)["clip_skip"] == 2
 
@@ -120,7 +120,7 @@ def test_shipped_record_has_no_machine_paths(recipe_and_clip):
     """diffjax_mini.json's stage configs rerun from any clone: the recipe writes paths under
     the repository relative to it (the first shipped record named /work/main/runs/...)."""
     import json
-    from diffjax.weights.folder import packaged_model_dir
+    from diffjax.weights.components import packaged_model_dir
     recipe, _ = recipe_and_clip
     with open(os.path.join(packaged_model_dir("mini"), "diffjax_mini.json")) as f:
         record = json.load(f)
@@ -135,11 +135,11 @@ def test_shipped_record_has_no_machine_paths(recipe_and_clip):
 
 
 def test_missing_packaged_weights_are_named(monkeypatch):
-    from diffjax.convert import load_components
-    from diffjax.weights import folder
-    monkeypatch.setitem(folder.PACKAGED_MODELS, "mini", "no-such-dir")
+    from diffjax.weights import components
+    from diffjax.weights.load import load
+    monkeypatch.setitem(components.PACKAGED_MODELS, "mini", "no-such-dir")
     with pytest.raises(WeightsError, match="packaged model 'mini' is not in this install"):
-        load_components("mini")
+        load("mini")
 
 
 def test_compare_on_mini_writes_image_metrics_and_grids(tmp_path):

@@ -102,7 +102,8 @@ def stage_assemble(a) -> None:
     from diffjax.models import presets
     from diffjax.train.checkpoint import load_trained_params
     from diffjax.train.clip_trainer import clip_configs
-    from diffjax.weights.folder import SD_SCHEDULER, Components, export_sd_folder, random_params
+    from diffjax.weights.components import SD_SCHEDULER, Components, random_params
+    from diffjax.weights.diffusers_folder import export_sd_folder
     import flax.linen as nn
 
     from diffjax.models.abstract import abstract_params
@@ -144,7 +145,8 @@ def stage_package(a) -> None:
 
     from diffjax.metrics.clip_features import write_normalization
     from diffjax.train.checkpoint import load_trained_params
-    from diffjax.weights.folder import export_sd_folder, load_sd_folder, resolve_clip_skip
+    from diffjax.weights.components import resolve_clip_skip
+    from diffjax.weights.diffusers_folder import export_sd_folder, load_sd_folder
     comps = load_sd_folder(os.path.join(a.runs, "base"))
     configs = {s: repo_relative(json.load(open(os.path.join(a.runs, s, "config.json"))))
                for s in TRAIN_STAGES}
