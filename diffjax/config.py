@@ -148,9 +148,24 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         if not isinstance(config, ml_collections.ConfigDict):
             config = ml_collections.ConfigDict(config)
     config.lock()
+    _unlock_open_groups(config)
     for override in overrides:
         apply_override(config, override)
     return config
+
+
+# Groups whose keys are not fixed by the config: an override may add one (the consumer
+# checks them: a sampler's options against its function's signature).
+OPEN_GROUPS = ("options",)
+
+
+def _unlock_open_groups(config: ml_collections.ConfigDict) -> None:
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            if key in OPEN_GROUPS:
+                value.unlock()
+            else:
+                _unlock_open_groups(value)
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -184,6 +199,10 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node = config
     parts = dotted.split(".")
     for i, part in enumerate(parts):
+        if (i == len(parts) - 1 and isinstance(node, ml_collections.ConfigDict)
+                and part not in node and config.is_locked and not node.is_locked):
+            node[part] = _parse_scalar(text, None, dotted)   # a new key of an open group
+            return
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             raise ConfigError(_unknown_key_message(dotted, _flat_keys(config)))
         if i < len(parts) - 1:
@@ -196,6 +215,8 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     value = _parse_scalar(text, current, dotted)
     with node.unlocked():
         node[last] = value
+    if config.is_locked:       # leaving `unlocked()` locked the groups below `node` again
+        _unlock_open_groups(config)
 
 
 # ----------------------------------------------------------------------------------------

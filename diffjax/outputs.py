@@ -34,6 +34,9 @@ def a1111_parameters(meta: Mapping) -> str:
               # A1111 counts from 1 (its "Clip skip: 2" is diffusers' clip_skip=1)
               ("Clip skip", meta["clip_skip"] + 1 if meta.get("clip_skip") else None),
               ("Guidance rescale", meta.get("guidance_rescale") or None),
+              ("Sampler options", " ".join(f"{k}={v}" for k, v in
+                                           meta["sampler_options"].items())
+               if meta.get("sampler_options") else None),
               ("Version", f"diffjax {meta['version']}" if "version" in meta else None)]
     text = meta.get("prompt", "")
     if meta.get("negative_prompt"):

@@ -1,11 +1,18 @@
-"""Text-to-image: prompts -> ids -> CLIP context -> sampler (UNet) -> VAE -> pixels.
+"""The sampling pipeline: prompts -> ids -> CLIP context -> sampler (UNet) -> VAE -> pixels,
+for text-to-image, img2img and inpainting alike.
 
 Everything after tokenization is ONE jitted function, `generate(params, ids, neg_ids,
-seeds)`, with the seed/batch axis sharded over the mesh's data axes and the params sharded
-by the logical-axis rules. Each image's initial noise and per-step noise come from its own
+seeds[, image, mask])`, with the seed/batch axis sharded over the mesh's data axes, the
+params sharded by the logical-axis rules and an init image and mask (img2img / inpainting,
+`InitImage`) replicated. Each image's initial noise and per-step noise come from its own
 seed (`diffusion.sample.sample` vmaps over seeds), so an image does not depend on batch
 size, batch position, device count or mesh shape. Batches have a fixed size (the tail is
 padded with copies of its last item and the padding dropped), so a job compiles once.
+
+The program composes `diffusion/`'s pieces: the network (wrapped with the inpainting
+network's extra channels when it has them) -> guidance (`diffusion.guidance`) -> the VP
+denoiser -> the sampler, started from noise or from the init image
+(`diffusion.image_conditioning.FromImage`).
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ class SampleSpec:
     sampler: str = "dpmpp_2m"
     steps: int = 20
     schedule: str = "karras"
-    eta: float = -1.0     # < 0: the sampler's own default
-    order: int = 0        # 0: the sampler's own default
+    # the sampler function's keyword options, as sorted (name, value) pairs (a mapping is
+    # accepted); checked against its signature
+    sampler_options: tuple[tuple[str, typing.Any], ...] = ()
     guidance_scale: float = 5.0
     guidance_rescale: float = 0.0
     height: int = 0
@@ -43,6 +51,10 @@ class SampleSpec:
     mesh_shape: tuple[int, ...] = (-1, 1, 1)
 
     def __post_init__(self):
+        from diffjax.diffusion.samplers import check_options
+        options = dict(self.sampler_options)
+        object.__setattr__(self, "sampler_options", tuple(sorted(options.items())))
+        check_options(self.sampler, options)
         check_range("sampler.steps", self.steps, lo=1)
         check_range("batch_size", self.batch_size, lo=1)
         check_range("guidance_scale", self.guidance_scale, lo=0.0)
@@ -52,15 +64,33 @@ class SampleSpec:
         check_range("width", self.width, lo=0)
 
 
+def sampler_options_of(sampler_config) -> dict:
+    """A sample config's `sampler.options`, plus the keys of config.json files written
+    before options existed: `sampler.eta` (< 0: the sampler's default) and `sampler.order`
+    (0: the sampler's default) were passed only to samplers that take them, so they become
+    options there and are dropped elsewhere (the same run as then)."""
+    from diffjax.diffusion.samplers import get_sampler
+    options = dict(sampler_config.get("options") or {})
+    takes = get_sampler(sampler_config.name).options
+    eta, order = sampler_config.get("eta", -1.0), sampler_config.get("order", 0)
+    if "eta" in takes and eta >= 0:
+        options.setdefault("eta", float(eta))
+    if "order" in takes and order > 0:
+        options.setdefault("order", int(order))
+    return options
+
+
 def spec_from_config(config) -> SampleSpec:
-    """The sampling part of a `configs/sample.py` config as a checked SampleSpec."""
+    """The sampling part of a sample config (`diffjax.configs.sample`) as a checked
+    SampleSpec."""
     from diffjax.diffusion.samplers import SAMPLERS
     if config.sampler.name not in SAMPLERS:
         raise ConfigError(f"sampler.name {config.sampler.name!r} is not a sampler; valid: "
                           f"{', '.join(sorted(SAMPLERS))}")
     return to_dataclass(dict(
         sampler=config.sampler.name, steps=config.sampler.steps,
-        schedule=config.sampler.schedule, eta=config.sampler.eta, order=config.sampler.order,
+        schedule=config.sampler.schedule,
+        sampler_options=tuple(sorted(sampler_options_of(config.sampler).items())),
         guidance_scale=config.guidance_scale, guidance_rescale=config.guidance_rescale,
         height=config.height, width=config.width, clip_skip=config.clip_skip,
         batch_size=config.batch_size, dtype=config.dtype, attention=config.attention,
@@ -75,14 +105,39 @@ def enable_compilation_cache(path: str) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class InitImage:
+    """img2img / inpainting input of the pipeline.
+
+    image / mask: arrays or PIL images (see `images.check_init_image` / `check_mask`);
+    with an inpainting UNet (2c+1 input channels) a mask is required, with an ordinary one
+    a mask switches on RePaint blending. strength: 0 = the init image, 1 = ignore it.
+    resize: resize an init image of another size (with a warning) instead of failing.
+    paste_back: with blending, the decoded pixels outside the mask are the VAE round trip
+      of the init image (see `diffusion.image_conditioning.paste_back`).
+    image_hash / mask_hash: recorded in metadata (default: a hash of the checked array).
+    """
+
+    image: typing.Any
+    mask: typing.Any = None
+    strength: float = 0.75
+    resize: bool = True
+    paste_back: bool = True
+    image_hash: str | None = None
+    mask_hash: str | None = None
+
+
 # ----------------------------------------------------------------------------------------
 class TextToImage:
-    """A loaded model + a SampleSpec -> images. `pipe(prompts, seeds)` for Python use;
-    `generate_local` for jobs (each process gets the rows its devices computed)."""
+    """A loaded model + a SampleSpec (+ an optional InitImage) -> images. `pipe(prompts,
+    seeds)` for Python use; `generate_local` for jobs (each process gets the rows its
+    devices computed)."""
 
-    def __init__(self, components, spec: SampleSpec, devices=None, output: str = "images"):
+    def __init__(self, components, spec: SampleSpec, devices=None, output: str = "images",
+                 init: InitImage | None = None):
         """devices: the devices of the mesh (default all); output: "images" or "latents"
-        (the sampler's result before decoding, for determinism checks and studies)."""
+        (the sampler's result before decoding, for determinism checks and studies);
+        init: img2img / inpainting from an init image (and mask)."""
         from diffjax import sharding
         from diffjax.diffusion import schedules
         from diffjax.text import load_tokenizer
@@ -93,6 +148,12 @@ class TextToImage:
         if output not in ("images", "latents"):
             raise ValueError(f"output must be 'images' or 'latents', got {output!r}")
         self.output = output
+        self.vae_factor = c.vae_config.downsample_factor
+        native = c.unet_config.sample_size * self.vae_factor
+        self.height, self.width = spec.height or native, spec.width or native
+        self.init = init
+        if init is not None:       # inputs are checked before the model is placed
+            image, mask = self._check_init(init)
         self.mesh = sharding.make_mesh(spec.mesh_shape, devices)
         n_data = sharding.data_size(self.mesh)
         if spec.batch_size % n_data:
@@ -100,10 +161,7 @@ class TextToImage:
                 f"batch_size {spec.batch_size} cannot be split over the mesh's data axes "
                 f"(data x fsdp = {n_data}, mesh {dict(self.mesh.shape)}); use a multiple "
                 f"of {n_data}")
-        self.vae_factor = c.vae_config.downsample_factor
         factor = self.vae_factor * c.unet_config.downsample_factor
-        native = c.unet_config.sample_size * self.vae_factor
-        self.height, self.width = spec.height or native, spec.width or native
         for name, v in (("height", self.height), ("width", self.width)):
             if v % factor:
                 raise ConfigError(f"{name} {v} is not a multiple of {factor}, the model's "
@@ -117,13 +175,49 @@ class TextToImage:
         self.train_sigmas = schedules.sigmas_from_alphas_cumprod(ac)
         self.sigmas = schedules.make_sigmas(spec.schedule, spec.steps, self.train_sigmas)
         self._place_params()
+        rep = sharding.replicated(self.mesh)
+        if init is None:
+            self.image_inputs = ()
+        else:                      # the init image and mask: replicated inputs
+            put = lambda a: jax.make_array_from_callback(a.shape, rep, lambda i: a[i])  # noqa
+            self.image_inputs = (put(image), put(mask))
         self._jitted = jax.jit(self._generate,
                                in_shardings=(self.param_shardings,
                                              sharding.batch_sharding(self.mesh, 2),
                                              sharding.batch_sharding(self.mesh, 2),
-                                             sharding.batch_sharding(self.mesh, 1)),
+                                             sharding.batch_sharding(self.mesh, 1),
+                                             *(rep for _ in self.image_inputs)),
                                out_shardings=sharding.batch_sharding(self.mesh, 4))
         self._compiled = {}
+
+    def _check_init(self, init: InitImage):
+        """The init image and mask as checked arrays (the mask all zeros without one); sets
+        the image-conditioning attributes."""
+        from diffjax import images
+        from diffjax.diffusion.image_conditioning import start_index
+        c = self.components
+        self.strength = images.check_strength(init.strength)
+        self.has_mask = init.mask is not None
+        mask = (images.check_mask(init.mask, self.height, self.width) if self.has_mask
+                else np.zeros((self.height, self.width), np.float32))
+        image = images.check_init_image(init.image, self.height, self.width, init.resize)
+        lc, inc = c.vae_config.latent_channels, c.unet_config.in_channels
+        if inc == lc:
+            self.inpaint_unet = False
+        elif inc == 2 * lc + 1:
+            self.inpaint_unet = True
+            if not self.has_mask:
+                raise images.ImageConditioningError(
+                    f"the UNet has {inc} input channels (an inpainting UNet: latents + mask "
+                    f"+ masked-image latents) and needs a mask")
+        else:
+            raise images.ImageConditioningError(
+                f"UNet in_channels {inc} is neither the VAE's {lc} latent channels nor an "
+                f"inpainting UNet's {2 * lc + 1}")
+        self.init_image_hash = init.image_hash or images.array_sha256(image)
+        self.mask_hash = (init.mask_hash or images.array_sha256(mask)) if self.has_mask else None
+        self.start = start_index(self.spec.steps, self.strength)
+        return image, mask
 
     # -- params, born sharded ------------------------------------------------------------
     def _modules(self):
@@ -136,68 +230,72 @@ class TextToImage:
 
     def _place_params(self):
         from diffjax import sharding
-        text, unet, vae = self._modules()
+        from diffjax.models.abstract import abstract_params
         c = self.components
-        s, f = c.unet_config.sample_size, self.vae_factor
-        boxed = {
-            "text": jax.eval_shape(lambda: text.init(jax.random.key(0), jnp.zeros(
-                (1, c.text_config.max_position_embeddings), jnp.int32)))["params"],
-            "unet": jax.eval_shape(lambda: unet.init(
-                jax.random.key(0), jnp.zeros((1, s, s, c.unet_config.in_channels)),
-                jnp.zeros((1,)), jnp.zeros((1, 1, c.unet_config.cross_attention_dim))))["params"],
-            "vae": jax.eval_shape(lambda: vae.init(jax.random.key(0), jnp.zeros(
-                (1, 2 * f, 2 * f, c.vae_config.in_channels))))["params"],
-        }
+        boxed = {"text": abstract_params(c.text_config), "unet": abstract_params(c.unet_config),
+                 "vae": abstract_params(c.vae_config)}
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
         params = {"text": c.text_params, "unet": c.unet_params, "vae": c.vae_params}
         self.params = jax.device_put(params, self.param_shardings)
 
     # -- the one jitted function -----------------------------------------------------------
-    def _sampler_options(self) -> dict:
-        from diffjax.diffusion.samplers import get_sampler
-        info, spec = get_sampler(self.spec.sampler), self.spec
-        opts = {}
-        if "eta" in info.options and spec.eta >= 0:
-            opts["eta"] = spec.eta
-        if "order" in info.options and spec.order > 0:
-            opts["order"] = spec.order
-        return opts
-
     def encode_text(self, params, ids):
         """Token ids [B, L] -> the UNet's context [B, L, D] (at the resolved clip_skip)."""
         text, _, _ = self._modules()
         return text.apply({"params": params["text"]}, ids, clip_skip=self.clip_skip).context
 
-    def _generate(self, params, ids, neg_ids, seeds):
+    def _generate(self, params, ids, neg_ids, seeds, *image_inputs):
         return self.generate_from_context(params, self.encode_text(params, ids),
-                                          self.encode_text(params, neg_ids), seeds)
+                                          self.encode_text(params, neg_ids), seeds,
+                                          *image_inputs)
 
-    def generate_from_context(self, params, context, uncontext, seeds):
+    def generate_from_context(self, params, context, uncontext, seeds, image=None, mask=None):
         """The sample program after the text encoder: (context, uncontext) [B, L, D] and
-        seeds [B] -> images (or latents). Separate so that studies can condition on
-        states no caption produces (tools/mini_heldout_probes.py splices two captions')."""
-        from diffjax.diffusion.denoisers import cfg_model, vp_denoiser
-        from diffjax.diffusion.sample import sample
+        seeds [B] (and, with an InitImage, the checked image and mask) -> images (or
+        latents). Separate so that studies can condition on states no caption produces
+        (tools/mini_heldout_probes.py splices two captions')."""
+        from diffjax.diffusion import image_conditioning as ic
+        from diffjax.diffusion.denoisers import vp_denoiser
+        from diffjax.diffusion.guidance import guided_model
+        from diffjax.diffusion.sample import FromNoise, sample
         _, unet, vae = self._modules()
         spec, c = self.spec, self.components
+        sf, f = c.vae_config.scaling_factor, self.vae_factor
+        vae_vars = {"params": params["vae"]}
 
         def network(x, t, ctx):
             return unet.apply({"params": params["unet"]}, x, t, ctx)
 
-        if spec.guidance_scale == 1.0:
-            model = lambda x, t, ctx, unctx: network(x[None], t[None], ctx[None])[0]  # noqa
+        def encode_image(im):
+            return vae.apply(vae_vars, im[None] * 2.0 - 1.0, method=vae.encode).mode()[0] * sf
+
+        blend = False
+        if image is None:
+            lh, lw = self.height // f, self.width // f
+            shape, sigmas, start = (lh, lw, c.unet_config.in_channels), self.sigmas, FromNoise("vp")
         else:
-            model = cfg_model(network, spec.guidance_scale, spec.guidance_rescale)
-        denoise = vp_denoiser(model, self.train_sigmas, c.scheduler["prediction_type"])
-        lh, lw = self.height // self.vae_factor, self.width // self.vae_factor
-        latents = sample(lambda x, s, cond: denoise(x, s, *cond),
-                         (lh, lw, c.unet_config.in_channels), seeds, spec.sampler, self.sigmas,
-                         cond=(context, uncontext), options=self._sampler_options(),
-                         init_scale="vp")
+            init_latent = encode_image(image)                      # [h, w, c]
+            if self.inpaint_unet:
+                network = ic.inpainting_network(network, mask,
+                                                encode_image(ic.masked_image(image, mask)), f)
+            blend = self.has_mask and not self.inpaint_unet
+            keep = 1.0 - ic.latent_mask(mask, f, "max") if blend else None  # 1 = keep
+            shape, sigmas = init_latent.shape, self.sigmas[self.start:]
+            start = ic.FromImage(init_latent, keep, full_strength=self.start == 0)
+        denoise = vp_denoiser(guided_model(network, spec.guidance_scale, spec.guidance_rescale),
+                              self.train_sigmas, c.scheduler["prediction_type"])
+        if image is not None and self.start == len(self.sigmas) - 1:  # no step: the image
+            latents = jnp.broadcast_to(init_latent, (seeds.shape[0], *shape))
+        else:
+            latents = sample(lambda x, s, cond: denoise(x, s, *cond), shape, seeds,
+                             spec.sampler, sigmas, cond=(context, uncontext),
+                             options=dict(spec.sampler_options), initial_state=start)
         if self.output == "latents":
             return latents
-        images = vae.apply({"params": params["vae"]}, latents / c.vae_config.scaling_factor,
-                           method=vae.decode)
+        images = vae.apply(vae_vars, latents / sf, method=vae.decode)
+        if blend and self.init.paste_back:
+            images = ic.paste_back(images, vae.apply(vae_vars, init_latent[None] / sf,
+                                                     method=vae.decode), mask)
         return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
     # -- running ---------------------------------------------------------------------------
@@ -214,16 +312,16 @@ class TextToImage:
         def put(a, ndim):
             sh = sharding.batch_sharding(self.mesh, ndim)
             return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
-        return put(ids, 2), put(neg, 2), put(seeds, 1)
+        return put(ids, 2), put(neg, 2), put(seeds, 1), *self.image_inputs
 
     def _executable(self):
         b = self.spec.batch_size
         if b not in self._compiled:
             ids = jax.ShapeDtypeStruct((b, self.tokenizer.max_length), jnp.int32)
             seeds = jax.ShapeDtypeStruct((b,), jnp.uint32)
-            self._compiled[b] = self._jitted.lower(self.params, ids, ids, seeds).compile()
+            self._compiled[b] = self._jitted.lower(self.params, ids, ids, seeds,
+                                                   *self.image_inputs).compile()
         return self._compiled[b]
-
     def compile_seconds(self, batch_size: int | None = None) -> float:
         """Compile (or load from the persistent cache) now; return the seconds it took."""
         t0 = time.perf_counter()
@@ -273,13 +371,22 @@ class TextToImage:
         return np.concatenate(chunks)
 
     def metadata(self, prompt: str, negative_prompt: str, seed: int) -> dict:
+        """A PNG's parameters; sampler options and the init image only where there are
+        some (a text-to-image PNG with the sampler's defaults has the keys it always had)."""
         from diffjax import __version__
         s = self.spec
-        return dict(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed),
+        meta = dict(prompt=prompt, negative_prompt=negative_prompt, seed=int(seed),
                     steps=s.steps, sampler=s.sampler, schedule=s.schedule,
                     guidance_scale=s.guidance_scale, guidance_rescale=s.guidance_rescale,
                     width=self.width, height=self.height, model=self.components.name,
                     clip_skip=self.clip_skip, version=__version__)
+        if s.sampler_options:
+            meta["sampler_options"] = dict(s.sampler_options)
+        if self.init is not None:
+            meta.update(init_image_sha256=self.init_image_hash, strength=self.strength)
+            if self.has_mask:
+                meta["mask_sha256"] = self.mask_hash
+        return meta
 
 
 def memory_plan(compiled) -> dict:
@@ -296,7 +403,8 @@ def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> 
     """A TextToImage from a preset name (random weights), a diffusers-format folder or a
     diffjax checkpoint (`diffjax convert`).
 
-    config: a SampleSpec, a sample ConfigDict (configs/sample.py), or None for defaults.
+    config: a SampleSpec, a sample ConfigDict (`diffjax.configs.sample`), or None for
+    defaults.
     """
     from diffjax.weights.load import load
     if config is None:

@@ -15,10 +15,11 @@ try:  # dev extra: only the parity tests use these (conftest skips them without 
 except ModuleNotFoundError:
     diffusers = torch = None
 
-from diffjax import image_conditioning as ic
+from diffjax import images
+from diffjax.diffusion import image_conditioning as ic
 from diffjax.models.unet import UNet2DConditionModel
 from diffjax.models.vae import AutoencoderKL
-from diffjax.pipeline import SampleSpec, TextToImage
+from diffjax.pipeline import InitImage, SampleSpec, TextToImage
 from diffjax.weights import unet as wu
 from diffjax.weights.components import preset_components
 
@@ -48,8 +49,9 @@ def mask():
     return m
 
 
-def _pipe(tiny, init_image, **kw):
-    return ic.ImageToImage(tiny, SPEC, init_image, devices=jax.devices()[:1], **kw)
+def _pipe(components, init_image, output="images", **init):
+    return TextToImage(components, SPEC, devices=jax.devices()[:1], output=output,
+                       init=InitImage(init_image, **init))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def test_inpainting_keeps_the_unmasked_region(tiny, init_image, mask, round_trip
     pipe = _pipe(tiny, init_image, mask=mask, strength=1.0, output="latents")
     lat = pipe(PROMPTS, SEEDS)
     rt, z0 = round_trip
-    keep = 1.0 - ic.latent_mask(ic.check_mask(mask, H, W), 2, "max")
+    keep = 1.0 - ic.latent_mask(images.check_mask(mask, H, W), 2, "max")
     kept = np.broadcast_to(keep.astype(bool), lat.shape)
     # Kept latent cells are the init latent: exact blend with it after the last step, up to
     # the encoder's reassociation across programs.
@@ -99,7 +101,7 @@ def test_inpainting_keeps_the_unmasked_region(tiny, init_image, mask, round_trip
     # Decoded: pixels outside the mask are the VAE round trip of the init image (pasted
     # back: the decoder's mid-block attention spreads the repainted latents everywhere).
     img = _pipe(tiny, init_image, mask=mask, strength=1.0)(PROMPTS, SEEDS)
-    outside = np.broadcast_to((ic.check_mask(mask, H, W) == 0)[None, :, :, None], img.shape)
+    outside = np.broadcast_to((images.check_mask(mask, H, W) == 0)[None, :, :, None], img.shape)
     rt = np.broadcast_to(rt, img.shape)
     np.testing.assert_allclose(img[outside], rt[outside], rtol=0, atol=1e-5)  # reassociation
     assert np.max(np.abs(img[~outside] - rt[~outside])) > 0.1
@@ -145,7 +147,7 @@ def test_inpainting_unet_parity(inpaint_unet):
 def test_inpainting_unet_pipeline(tiny, inpaint_unet, init_image, mask):
     _, config, params = inpaint_unet
     comps = dataclasses.replace(tiny, unet_config=config, unet_params=params)
-    with pytest.raises(ic.ImageConditioningError, match="needs a mask"):
+    with pytest.raises(images.ImageConditioningError, match="needs a mask"):
         _pipe(comps, init_image)
     # Partial strength (2 of 3 steps, from sigmas[1]) through the 9-channel input.
     pipe = _pipe(comps, init_image, mask=mask, strength=0.67, output="latents")
@@ -168,36 +170,36 @@ def test_latent_masks():
 
 
 def test_nearest_size():
-    assert ic.nearest_size("16:9", 262144, 8) == (384, 680)
-    assert ic.nearest_size("1:1", 262144, 64) == (512, 512)
-    assert ic.nearest_size("2:3", 393216, 64) == (768, 512)
-    h, w = ic.nearest_size("16:9", 262144, 64)
+    assert images.nearest_size("16:9", 262144, 8) == (384, 680)
+    assert images.nearest_size("1:1", 262144, 64) == (512, 512)
+    assert images.nearest_size("2:3", 393216, 64) == (768, 512)
+    h, w = images.nearest_size("16:9", 262144, 64)
     assert h % 64 == 0 and w % 64 == 0 and (h, w) == (384, 704)
     for bad, msg in (("16x9", "W:H"), ("0:1", "positive"), ("-2", "positive")):
-        with pytest.raises(ic.ImageConditioningError, match=msg):
-            ic.nearest_size(bad, 262144, 8)
-    with pytest.raises(ic.ImageConditioningError, match="pixels"):
-        ic.nearest_size("1:1", 10, 8)
+        with pytest.raises(images.ImageConditioningError, match=msg):
+            images.nearest_size(bad, 262144, 8)
+    with pytest.raises(images.ImageConditioningError, match="pixels"):
+        images.nearest_size("1:1", 10, 8)
 
 
 def test_bad_inputs_are_named(tiny, init_image):
     big = np.zeros((40, 48, 3), np.uint8)
-    with pytest.raises(ic.ImageConditioningError, match=r"40x48 .* output is 32x32"):
-        ic.check_init_image(big, H, W, resize=False)
+    with pytest.raises(images.ImageConditioningError, match=r"40x48 .* output is 32x32"):
+        images.check_init_image(big, H, W, resize=False)
     with pytest.warns(UserWarning, match="resized to 32x32"):
-        assert ic.check_init_image(big, H, W, resize=True).shape == (H, W, 3)
-    with pytest.raises(ic.ImageConditioningError, match=r"\[H, W, 3\]"):
-        ic.check_init_image(np.zeros((H, W)), H, W)
-    with pytest.raises(ic.ImageConditioningError, match="single-channel"):
-        ic.check_mask(np.zeros((H, W, 3), np.uint8), H, W)
-    with pytest.raises(ic.ImageConditioningError, match=r"mask is 16x32 .* image is 32x32"):
-        ic.check_mask(np.zeros((16, 32), np.uint8), H, W)
+        assert images.check_init_image(big, H, W, resize=True).shape == (H, W, 3)
+    with pytest.raises(images.ImageConditioningError, match=r"\[H, W, 3\]"):
+        images.check_init_image(np.zeros((H, W)), H, W)
+    with pytest.raises(images.ImageConditioningError, match="single-channel"):
+        images.check_mask(np.zeros((H, W, 3), np.uint8), H, W)
+    with pytest.raises(images.ImageConditioningError, match=r"mask is 16x32 .* image is 32x32"):
+        images.check_mask(np.zeros((16, 32), np.uint8), H, W)
     for s in (-0.1, 1.5):
-        with pytest.raises(ic.ImageConditioningError, match=r"strength .* \[0, 1\]"):
-            ic.check_strength(s)
-    with pytest.raises(ic.ImageConditioningError, match="strength"):
+        with pytest.raises(images.ImageConditioningError, match=r"strength .* \[0, 1\]"):
+            images.check_strength(s)
+    with pytest.raises(images.ImageConditioningError, match="strength"):
         _pipe(tiny, init_image, strength=2.0)
-    with pytest.raises(ic.ImageConditioningError, match="40x48"):
+    with pytest.raises(images.ImageConditioningError, match="40x48"):
         _pipe(tiny, big, resize=False)
 
 

@@ -88,3 +88,58 @@ def test_bad_size_and_other_job_are_named(tmp_path):
     assert r.returncode == 0, r.stderr
     r = _run(_cmd(out, tmp_path / "cache", "--prompt", "b", "--seeds", "0:2"))
     assert r.returncode == 2 and "holds another job (config keys differ: prompt)" in r.stderr
+
+
+def test_sampler_options_are_set_recorded_and_checked(tmp_path):
+    """--config.sampler.options.s_churn=40 adds the option for heun: config.json and every
+    PNG record it, and config.json reruns it; an option heun does not take exits 2 naming
+    it and the valid ones, before anything is written."""
+    from diffjax import outputs
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    heun = ["--prompt", "a red circle", "--seeds", "0", "--config.sampler.name=heun"]
+    r = _run(_cmd(out, cache, *heun, "--config.sampler.options.s_churn=40"))
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["sampler"]["options"] == {"s_churn": 40}
+    assert "eta" not in saved["sampler"] and "order" not in saved["sampler"]
+    meta = outputs.read_png_metadata(out / "000000-seed0.png")
+    assert meta["sampler_options"] == {"s_churn": 40}
+    from PIL import Image
+    assert "Sampler options: s_churn=40" in Image.open(out / "000000-seed0.png").text["parameters"]
+    # s_churn reaches the sampler: the image differs from heun's default
+    plain = tmp_path / "plain"
+    assert _run(_cmd(plain, cache, *heun)).returncode == 0
+    assert "sampler_options" not in outputs.read_png_metadata(plain / "000000-seed0.png")
+    assert _pngs(plain) != _pngs(out)
+    again = tmp_path / "again"
+    r = _run([sys.executable, "-m", "diffjax.cli", "sample", "--config",
+              str(out / "config.json"), "--out", str(again)])
+    assert r.returncode == 0, r.stderr
+    assert _pngs(again) == _pngs(out)
+
+    bad = tmp_path / "bad"
+    r = _run(_cmd(bad, cache, *heun, "--config.sampler.options.eta=0.5"))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'eta'" in r.stderr and "s_churn" in r.stderr and "s_noise" in r.stderr
+    assert not bad.exists()
+
+
+@pytest.mark.parametrize("sampler,eta,order,options", [
+    ("dpmpp_2m_sde", 0.5, 0, (("eta", 0.5),)),
+    ("dpmpp_2m_sde", -1.0, 0, ()),
+    ("euler", 0.5, 3, ()),             # euler takes neither: they were never passed
+    ("lms", -1.0, 3, (("order", 3),)),
+    ("lms", -1.0, 0, ()),
+])
+def test_old_config_json_eta_and_order_become_options(tmp_path, sampler, eta, order, options):
+    """config.json files written before sampler.options existed (sampler.eta -1 / order 0
+    meaning the sampler's default) still load and run the same options as then."""
+    from diffjax.config import config_to_dict, load_config
+    from diffjax.pipeline import spec_from_config
+    data = config_to_dict(load_config("diffjax.configs.sample"))
+    del data["sampler"]["options"]
+    data["sampler"].update(name=sampler, eta=eta, order=order)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    assert spec_from_config(load_config(str(path))).sampler_options == options

@@ -30,8 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="preset name, diffusers folder or diffjax checkpoint "
                                         "(config.model)")
     parser.add_argument("--out", help="output directory, local or gs:// (config.out)")
-    from diffjax import image_conditioning   # --init-image --mask --strength --aspect ...
-    image_conditioning.add_arguments(parser)
+    from diffjax.commands import image_flags   # --init-image --mask --strength --aspect ...
+    image_flags.add_arguments(parser)
 
 
 FLAG_TO_KEY = {"prompt": "prompt", "prompt_file": "prompt_file", "seeds": "seeds",
@@ -93,10 +93,11 @@ def run(args) -> int:
     enable_compilation_cache(config.compilation_cache)
     initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                            config.distributed.process_id)
-    from diffjax import image_conditioning as ic
+    from diffjax.commands import image_flags
+    from diffjax.images import ImageConditioningError
     try:                                       # img2img / inpainting / aspect -> config
-        comps = ic.apply_flags(config, args)
-    except ic.ImageConditioningError as e:
+        comps = image_flags.apply_flags(config, args)
+    except ImageConditioningError as e:
         print(f"diffjax sample: {e}", file=sys.stderr)
         return 2
     spec = spec_from_config(config)            # validates before anything is written
@@ -110,8 +111,8 @@ def run(args) -> int:
         pipe = load_pipeline(config.model, spec)
     else:
         try:
-            pipe = ic.pipeline_for(config, spec, comps)
-        except (ic.ImageConditioningError, OSError) as e:
+            pipe = image_flags.pipeline_for(config, spec, comps)
+        except (ImageConditioningError, OSError) as e:
             print(f"diffjax sample: {e}", file=sys.stderr)
             return 2
     out.mkdir(parents=True, exist_ok=True)

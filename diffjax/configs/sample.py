@@ -30,9 +30,11 @@ def get_config(arg=None):
         name=a.sampler,
         steps=a.steps,
         schedule="karras",          # sigma grid, see `diffjax.diffusion.schedules`
-        eta=-1.0,                   # noise scale of ancestral/SDE samplers (-1: the sampler's default)
-        order=0,                    # for samplers with an order option (0: the sampler's default)
     ))
+    # The sampler function's keyword options (`diffjax samplers` lists them with their
+    # defaults), e.g. --config.sampler.options.s_churn=40 for heun; empty = its defaults.
+    # Unlocked: an override adds a key, checked against the sampler's signature.
+    c.sampler.options = ml_collections.ConfigDict()
     c.guidance_scale = a.guidance_scale
     c.guidance_rescale = 0.0
     c.height = a.size               # 0 = the model's native size

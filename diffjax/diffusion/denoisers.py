@@ -1,4 +1,4 @@
-"""From a network to the denoiser D(x, sigma) every sampler calls, with guidance.
+"""From a network to the denoiser D(x, sigma) every sampler calls.
 
 SD networks are trained in VP form: given x_vp = sqrt(abar) y + sqrt(1 - abar) n and the
 timestep t, they predict n (eps), v = sqrt(abar) n - sqrt(1 - abar) y, or y (x0). Samplers
@@ -42,36 +42,3 @@ def vp_denoiser(model: Callable, train_sigmas, prediction_type: str = "epsilon")
         return out
 
     return denoise
-
-
-def rescale_guidance(guided, cond_pred, rescale: float):
-    """Lin et al. 2023, eq. 15-16 (diffusers' `rescale_noise_cfg`): match the guided
-    prediction's std to the conditional one's, then mix `rescale` of it back in. The std is
-    over the whole array: a per-sample prediction here (diffusers takes it over all but the
-    batch axis, i.e. per sample too)."""
-    axes = tuple(range(guided.ndim))
-    std_cond = jnp.std(cond_pred, axis=axes, keepdims=True)
-    std_guided = jnp.std(guided, axis=axes, keepdims=True)
-    rescaled = guided * (std_cond / std_guided)
-    return rescale * rescaled + (1.0 - rescale) * guided
-
-
-def cfg_model(model: Callable, guidance_scale: float, guidance_rescale: float = 0.0):
-    """Classifier-free guidance around a VP network, cond and uncond in ONE network call.
-
-    Returns `guided(x_in, t, context, uncond_context)`: the network sees a batch of two
-    (x stacked with itself, each with its context) and the predictions are combined as
-    uncond + scale * (cond - uncond), optionally rescaled. Guidance acts on the network's
-    own prediction (eps or v), as diffusers does, so rescale means the same thing.
-    """
-    def guided(x_in, t, context, uncond_context):
-        xs = jnp.stack([x_in, x_in])
-        ts = jnp.stack([t, t])
-        ctx = jnp.stack([context, uncond_context])
-        cond_pred, uncond_pred = model(xs, ts, ctx)
-        out = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
-        if guidance_rescale > 0:
-            out = rescale_guidance(out, cond_pred, guidance_rescale)
-        return out
-
-    return guided

@@ -1,18 +1,27 @@
 """The seeds front end: each output depends on its own seed only.
 
-`sample` draws each seed's initial noise from `fold_in(key(seed), 0)` and gives the sampler
+`sample` draws each seed's noise from `fold_in(key(seed), 0)` and gives the sampler
 `fold_in(key(seed), 1)` for its per-step noise, then vmaps over seeds (and over per-seed
 conditioning). Nothing is drawn for the batch as a whole, so an image is the same at
 batch 1 and batch 8, at any position, on any number of devices.
+
+How a seed's run starts and ends is an initial state: `FromNoise` (x_T is the seed's noise
+at the grid's first sigma: text-to-image) here, `image_conditioning.FromImage` (img2img and
+inpainting) beside it. Both are built from the same noise draw, so img2img at full strength
+starts where text-to-image does.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.samplers import check_options, get_sampler
 from diffjax.diffusion.samplers.base import check_sigmas
+
+INIT_SCALES = ("ve", "vp")
 
 
 def seed_keys(seed):
@@ -21,23 +30,55 @@ def seed_keys(seed):
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
-def initial_noise(seed, shape, sigma_max, init_scale="ve", dtype=jnp.float32):
-    """x_T for one seed: N(0, I) * sigma_max ("ve", k-diffusion) or * sqrt(1 + sigma_max^2)
-    ("vp": x_T ~ N(0, I) in the network's VP space, as diffusers starts SD)."""
-    if init_scale not in ("ve", "vp"):
+def _check_init_scale(init_scale: str) -> None:
+    if init_scale not in INIT_SCALES:
         raise ValueError(f"init_scale must be 've' or 'vp', got {init_scale!r}")
-    noise_key, _ = seed_keys(seed)
+
+
+def noise_to_x_T(noise, sigma_max, init_scale: str = "ve"):
+    """N(0, I) noise -> x_T: * sigma_max ("ve", k-diffusion) or * sqrt(1 + sigma_max^2)
+    ("vp": x_T ~ N(0, I) in the network's VP space, as diffusers starts SD)."""
     scale = sigma_max if init_scale == "ve" else jnp.sqrt(1.0 + sigma_max ** 2)
-    return jax.random.normal(noise_key, shape, dtype) * scale.astype(dtype)
+    return noise * scale.astype(noise.dtype)
+
+
+def initial_noise(seed, shape, sigma_max, init_scale="ve", dtype=jnp.float32):
+    """x_T for one seed (see `noise_to_x_T`)."""
+    _check_init_scale(init_scale)
+    noise_key, _ = seed_keys(seed)
+    return noise_to_x_T(jax.random.normal(noise_key, shape, dtype), sigma_max, init_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class FromNoise:
+    """Text-to-image: x_T is the seed's noise at sigma_max; the denoiser and the result
+    are the sampler's own."""
+
+    init_scale: str = "ve"
+
+    def __post_init__(self):
+        _check_init_scale(self.init_scale)
+
+    def x_T(self, noise, sigma_max):
+        return noise_to_x_T(noise, sigma_max, self.init_scale)
+
+    def denoiser(self, denoise, noise):
+        return denoise
+
+    def final(self, x):
+        return x
 
 
 def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=None,
-           init_scale: str = "ve"):
+           init_scale: str = "ve", initial_state=None):
     """Samples [len(seeds), *shape], one per seed, each from its own key.
 
     denoise: `denoise(x, sigma)`, or `denoise(x, sigma, cond_i)` when `cond` (a pytree with
       a leading axis of len(seeds)) is given; x has the per-sample `shape`.
     sampler: a name in SAMPLERS; options: its keyword options.
+    initial_state: how each seed's run starts and ends, given the seed's N(0, I) noise:
+      `x_T(noise, sigma_max)`, `denoiser(denoise, noise)` (a per-seed wrapper),
+      `final(x)`. Default `FromNoise(init_scale)`.
     """
     options = dict(options or {})
     info = get_sampler(sampler)
@@ -47,8 +88,7 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
     seeds = jnp.asarray(seeds, jnp.uint32)
     if seeds.ndim != 1:
         raise ValueError(f"seeds must be 1-D, got shape {tuple(seeds.shape)}")
-    if init_scale not in ("ve", "vp"):
-        raise ValueError(f"init_scale must be 've' or 'vp', got {init_scale!r}")
+    start = FromNoise(init_scale) if initial_state is None else initial_state
     if cond is not None:
         lead = {tuple(leaf.shape[:1]) for leaf in jax.tree.leaves(cond)}
         if lead != {(seeds.shape[0],)}:
@@ -56,10 +96,12 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
                              f"on every leaf, got leading shapes {sorted(lead)}")
 
     def one(seed, c):
-        x = initial_noise(seed, shape, sigmas[0], init_scale, sigmas.dtype)
-        _, key = seed_keys(seed)
+        noise_key, key = seed_keys(seed)
+        noise = jax.random.normal(noise_key, shape, sigmas.dtype)
         d = denoise if c is None else (lambda x, s: denoise(x, s, c))
-        return info.fn(d, x, sigmas, key, **options)
+        x = info.fn(start.denoiser(d, noise), start.x_T(noise, sigmas[0]), sigmas, key,
+                    **options)
+        return start.final(x)
 
     if cond is None:
         return jax.vmap(lambda s: one(s, None))(seeds)
