@@ -31,7 +31,7 @@ def main(out: str, n_images: int = 8, n_seeds: int = 16) -> dict:
     from diffjax.data import shapes as S
     from diffjax.metrics import shapes_oracle
     from diffjax.pipeline import InitImage, TextToImage, spec_from_config
-    from diffjax.train.logging import save_grid
+    from diffjax.train.run_log import save_grid
 
     config = load_config("diffjax.configs.sample", [])
     config.batch_size = n_seeds

@@ -289,7 +289,7 @@ GRID_PROMPTS = (
 
 def save_prompt_grid(model: str, path: str, seeds: int = 6) -> None:
     """Rows = GRID_PROMPTS, columns = seeds 0..seeds-1, the default sample config."""
-    from diffjax.train.logging import save_grid
+    from diffjax.train.run_log import save_grid
     pipe = sample_pipeline(model, len(GRID_PROMPTS) * seeds)
     prompts = [p for p in GRID_PROMPTS for _ in range(seeds)]
     images = pipe(prompts, list(range(seeds)) * len(GRID_PROMPTS))

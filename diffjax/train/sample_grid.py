@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from diffjax.train.logging import save_grid
+from diffjax.train.run_log import save_grid
 
 # In-distribution `shapes` captions: colours, shapes and backgrounds that differ per row.
 SHAPES_PROMPTS: tuple[str, ...] = (

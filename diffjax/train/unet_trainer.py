@@ -26,7 +26,7 @@ from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.diffusion import schedules
 from diffjax.train import loop
-from diffjax.train.logging import RunLogger
+from diffjax.train.run_log import RunLogger
 from diffjax.train.runner import batch_maker, plain, start_or_resume
 from diffjax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                  make_optimizer)
