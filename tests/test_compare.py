@@ -177,6 +177,25 @@ def test_guidance_changes_target_and_error(tmp_path):
     assert fd[3.0] > 1.5 * fd[1.0], fd
 
 
+def test_sampler_options_reach_the_sampler_and_are_recorded(tmp_path):
+    """heun with EDM churn (s_churn = 40) is a different, stochastic solve: its RMSE differs
+    from plain heun's; config.json records the option and reruns the same cell."""
+    plain = runner.run_study(small_config(samplers="heun", seeds="8"), str(tmp_path / "p"),
+                             progress=False)
+    config = small_config(samplers="heun", seeds="8")
+    with config.unlocked():
+        config.sampler_options = {"heun": {"s_churn": 40.0}}
+    out = str(tmp_path / "churn")
+    (churn,) = runner.run_study(config, out, progress=False)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["sampler_options"] == {"heun": {"s_churn": 40.0}}
+    # churn adds fresh noise at every step: the sample ends away from the reference's
+    assert churn["rmse"] > 2 * plain[0]["rmse"], (churn["rmse"], plain[0]["rmse"])
+    again = load_config(os.path.join(out, "config.json"), [f"out={tmp_path / 'again'}"])
+    (rerun,) = runner.run_study(again, again.out, progress=False)
+    assert rerun["rmse"] == churn["rmse"]
+
+
 # ---------------------------------------------------------------------------- the study
 def test_committed_study_shows_first_order_worse_at_nfe_10():
     with open(os.path.join(STUDY, "results.json")) as f:

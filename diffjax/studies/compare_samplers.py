@@ -45,6 +45,9 @@ import time
 
 import numpy as np
 
+from diffjax.config import ConfigError
+from diffjax.studies.compare_spec import StudySpec, spec_to_dict, study_spec
+
 METRICS = {
     "rmse": "RMSE of final latents vs the reference solve (same initial noise)",
     "frechet": "Fréchet distance to the target (gmm: exact moments; pipeline: real images' "
@@ -59,7 +62,7 @@ MODEL_KINDS = ("gmm", "pipeline")
 CONTINUOUS = ("karras", "exponential", "polyexponential")  # take sigma_min
 
 
-class CompareError(ValueError):
+class CompareError(ConfigError):
     """The comparison config is wrong; the message names the key and the bad value."""
 
 
@@ -81,6 +84,7 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    spec: StudySpec
     cells: tuple[Cell, ...]
     metrics: tuple[str, ...]
     guidances: tuple[float, ...]
@@ -88,86 +92,54 @@ class Plan:
     reference_nfe: int
 
 
-def _split(text, key: str, cast, what: str) -> tuple:
-    """A comma-separated config value (or a list) -> tuple of `cast`, naming bad items."""
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    out = []
-    for item in items:
-        item = str(item).strip()
-        if not item:
-            continue
-        try:
-            out.append(cast(item))
-        except ValueError:
-            raise CompareError(f"{key}: {item!r} is not {what}") from None
-    if not out:
-        raise CompareError(f"{key} is empty; give at least one {what}")
-    return tuple(out)
-
-
 def make_plan(config) -> Plan:
-    """Check the whole grid and return its cells; raises CompareError / FileNotFoundError /
-    ReferenceSolveError naming the problem before any model is built or sampled."""
-    from diffjax.diffusion.samplers import SAMPLERS
+    """Check the whole grid and return its cells; raises CompareError (a ConfigError) /
+    FileNotFoundError / ReferenceSolveError naming the problem before any model is built
+    or sampled. config: a ConfigDict (turned into a StudySpec here) or a StudySpec."""
+    from diffjax.diffusion.samplers import SAMPLERS, check_options
     from diffjax.diffusion.schedules import SCHEDULES
     from diffjax.metrics import convergence
 
-    kind = config.model.kind
-    if kind not in MODEL_KINDS:
-        raise CompareError(f"model.kind {kind!r} is not one of {MODEL_KINDS}")
-    samplers = _split(config.samplers, "samplers", str, "a sampler name")
+    spec = study_spec(config)
+    kind, samplers, metrics = spec.model.kind, spec.samplers, spec.metrics
     for name in samplers:
         if name not in SAMPLERS:
             raise CompareError(f"samplers: unknown sampler {name!r}; valid: "
                                f"{', '.join(sorted(SAMPLERS))}")
-    metrics = _split(config.metrics, "metrics", str, "a metric name")
+    for name, options in spec.sampler_options.items():
+        check_options(name, options)
     for m in metrics:
         if m not in METRICS:
             raise CompareError(f"metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
-    schedules = _split(config.schedules, "schedules", str, "a schedule name")
-    for s in schedules:
+    for s in spec.schedules:
         if s not in SCHEDULES:
             raise CompareError(f"schedules: unknown schedule {s!r}; valid: "
                                f"{', '.join(SCHEDULES)}")
-    steps = _split(config.steps, "steps", int, "an integer step count")
-    if min(steps) < 1:
-        raise CompareError(f"steps must all be >= 1, got {steps}")
-    guidances = _split(config.guidance_scales, "guidance_scales", float, "a number")
-    if min(guidances) < 0:
-        raise CompareError(f"guidance_scales must be >= 0, got {guidances}")
-    if config.seeds < 2:
-        raise CompareError(f"seeds must be >= 2 (samples per cell), got {config.seeds}")
-    if config.dtype not in ("float32", "float64"):
-        raise CompareError(f"dtype must be 'float32' or 'float64', got {config.dtype!r}")
     if kind == "gmm" and set(metrics) & set(PIPELINE_ONLY):
         raise CompareError(f"metrics: {sorted(set(metrics) & set(PIPELINE_ONLY))} need a "
                            "pipeline model (images and prompts); the gmm has neither")
     if kind == "pipeline":
-        _check_pipeline_inputs(config, metrics)
-    ref = config.reference
+        _check_pipeline_inputs(spec)
+    ref = spec.reference
     if ref.sampler not in SAMPLERS:
         raise CompareError(f"reference.sampler: unknown sampler {ref.sampler!r}")
     if ref.schedule not in SCHEDULES:
         raise CompareError(f"reference.schedule: unknown schedule {ref.schedule!r}")
-    if ref.steps < 2:
-        raise CompareError(f"reference.steps must be >= 2, got {ref.steps}")
-    if ref.sigma_min < 0:
-        raise CompareError(f"reference.sigma_min must be >= 0, got {ref.sigma_min}")
     if ref.sigma_min > 0 and (ref.schedule not in CONTINUOUS or kind != "gmm"):
         raise CompareError(f"reference.sigma_min={ref.sigma_min} needs a gmm model and a "
                            f"continuous reference.schedule ({', '.join(CONTINUOUS)}); got "
                            f"{kind!r}, {ref.schedule!r}")
-    cells = tuple(Cell(s, sch, g, n, SAMPLERS[s].nfe(n))
-                  for sch in schedules for g in guidances for s in samplers for n in steps)
+    cells = tuple(Cell(s, sch, g, n, SAMPLERS[s].nfe(n)) for sch in spec.schedules
+                  for g in spec.guidance_scales for s in samplers for n in spec.steps)
     ref_info = SAMPLERS[ref.sampler]
     convergence.check_reference(ref.sampler, ref_info.nfe(ref.steps), ref_info.stochastic,
                                 {c.key: c.nfe for c in cells})
     from diffjax.diffusion.schedules import make_sigmas
-    for sch in schedules:            # named schedule errors (e.g. repeated sigmas) now,
-        for n in steps:              # on SD's training sigmas (the gmm's; SD models')
+    for sch in spec.schedules:       # named schedule errors (e.g. repeated sigmas) now,
+        for n in spec.steps:         # on SD's training sigmas (the gmm's; SD models')
             make_sigmas(sch, n, _sd_train_sigmas())
-    return Plan(cells, metrics, guidances, np.arange(config.seeds, dtype=np.uint32),
-                ref_info.nfe(ref.steps))
+    return Plan(spec, cells, metrics, spec.guidance_scales,
+                np.arange(spec.seeds, dtype=np.uint32), ref_info.nfe(ref.steps))
 
 
 def _check_feature_extractor(name: str, need_text: bool) -> None:
@@ -216,14 +188,14 @@ def real_images(spec: str, n: int) -> np.ndarray:
                      for f in files])
 
 
-def _check_pipeline_inputs(config, metrics) -> None:
+def _check_pipeline_inputs(study: StudySpec) -> None:
     """Named errors for the pipeline-only inputs, before anything is loaded or sampled."""
     from diffjax.data import shapes as S
+    metrics = study.metrics
     if set(metrics) & {"frechet", "clip_score"}:
-        _check_feature_extractor(config.get("feature_extractor", ""),
-                                 need_text="clip_score" in metrics)
+        _check_feature_extractor(study.feature_extractor, need_text="clip_score" in metrics)
     if "frechet" in metrics:
-        spec = config.get("real_images", "")
+        spec = study.real_images
         if not spec:
             raise CompareError("metrics: frechet on a pipeline model needs real_images "
                                "(shapes:<split> or a folder of images)")
@@ -235,7 +207,7 @@ def _check_pipeline_inputs(config, metrics) -> None:
             if not any(f.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
                        for f in os.listdir(spec)):
                 raise CompareError(f"real_images folder {spec!r} holds no .png/.jpg/.webp")
-    prompts = study_prompts(config.prompts, config.seeds)
+    prompts = study_prompts(study.prompts, study.seeds)
     if "prompt_accuracy" in metrics:
         for p in dict.fromkeys(prompts):
             try:
@@ -282,9 +254,10 @@ class GMMBenchmark:
             return du + guidance * (conditional(x, sigma, k) - du)
         return denoise
 
-    def run(self, sampler, schedule, steps, guidance, sigma_min=0.0):
+    def run(self, sampler, schedule, steps, guidance, sigma_min=0.0, options=None):
         """(latents, compile seconds, run seconds) for one cell; sigma_min > 0 ends a
-        continuous grid's nonzero sigmas there instead of at the training minimum."""
+        continuous grid's nonzero sigmas there instead of at the training minimum;
+        options: the sampler's keyword options."""
         import jax
         import jax.numpy as jnp
 
@@ -294,7 +267,7 @@ class GMMBenchmark:
         sigmas = make_sigmas(schedule, steps, self.train_sigmas, **extra)
         denoise = self._denoiser(guidance)
         fn = jax.jit(lambda seeds, cls: sample(denoise, self.gm.means.shape[1:], seeds,
-                                               sampler, sigmas, cond=cls))
+                                               sampler, sigmas, cond=cls, options=options))
         seeds, cls = jnp.asarray(self.seeds), jnp.asarray(self.classes)
         t0 = time.perf_counter()
         compiled = fn.lower(seeds, cls).compile()
@@ -315,12 +288,11 @@ class GMMBenchmark:
 class PipelineModel:
     """Any `diffjax.weights.load.load` source, sampled to latents by TextToImage."""
 
-    def __init__(self, config, seeds):
+    def __init__(self, study: StudySpec, seeds):
         from diffjax.weights.load import load
-        self.config = config
-        self.components = load(config.model.path, "float32", "auto",
-                                          config.model.seed)
-        self.prompts = study_prompts(config.prompts, len(seeds))
+        self.components = load(study.model.path, "float32", "auto",
+                                          study.model.seed)
+        self.prompts = study_prompts(study.prompts, len(seeds))
         self.seeds = [int(s) for s in seeds]
         self._decode = None
 
@@ -338,9 +310,10 @@ class PipelineModel:
                            method=AutoencoderKL.decode) + 1.0) * 127.5), 0, 255))
         return np.asarray(self._decode(c.vae_params, jnp.asarray(latents))).astype(np.uint8)
 
-    def run(self, sampler, schedule, steps, guidance, sigma_min=0.0):
+    def run(self, sampler, schedule, steps, guidance, sigma_min=0.0, options=None):
         from diffjax.pipeline import SampleSpec, TextToImage
         spec = SampleSpec(sampler=sampler, steps=steps, schedule=schedule,
+                          sampler_options=tuple(sorted((options or {}).items())),
                           guidance_scale=guidance, batch_size=len(self.seeds),
                           mesh_shape=(1, 1, 1))
         import jax
@@ -355,15 +328,16 @@ class PipelineModel:
 # ----------------------------------------------------------------------------------------
 # running (resumable)
 # ----------------------------------------------------------------------------------------
-def _check_same_job(out: str, config) -> None:
-    from diffjax.config import CONFIG_JSON, config_to_dict
+def _check_same_job(out: str, spec: StudySpec) -> None:
+    """Refuse to resume into a directory that holds another study (its config.json, read
+    as a StudySpec like any saved config, differs)."""
+    from diffjax.config import CONFIG_JSON
     path = os.path.join(out, CONFIG_JSON)
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-    old.pop("_diffjax", None)
-    new = config_to_dict(config)
+        old = spec_to_dict(study_spec(json.load(f)))
+    new = spec_to_dict(spec)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise CompareError(f"{out} holds another study (config keys differ: "
@@ -384,22 +358,27 @@ def _atomic_save_npy(path: str, array) -> None:
 
 
 def run_study(config, out: str, progress: bool = True) -> list[dict]:
-    """Run (or resume) every cell of the grid; write all outputs; return the rows."""
+    """Run (or resume) every cell of the grid; write all outputs; return the rows.
+
+    config: a ConfigDict (turned into a StudySpec once, here) or a StudySpec. The resolved
+    spec, every field included, is what <out>/config.json records."""
     import jax
+    import ml_collections
     from tqdm import tqdm
 
     from diffjax.config import save_config
     from diffjax.metrics import convergence, frechet
     plan = make_plan(config)
-    _check_same_job(out, config)
+    spec = plan.spec
+    _check_same_job(out, spec)
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     os.makedirs(os.path.join(out, "reference"), exist_ok=True)
-    save_config(config, out)
-    x64 = jax.enable_x64(True) if config.dtype == "float64" else contextlib.nullcontext()
+    save_config(ml_collections.ConfigDict(spec_to_dict(spec)), out)
+    x64 = jax.enable_x64(True) if spec.dtype == "float64" else contextlib.nullcontext()
     with x64:
-        model = (GMMBenchmark(config.model, plan.seeds) if config.model.kind == "gmm"
-                 else PipelineModel(config, plan.seeds))
-        ref = config.reference
+        model = (GMMBenchmark(spec.model, plan.seeds) if spec.model.kind == "gmm"
+                 else PipelineModel(spec, plan.seeds))
+        ref = spec.reference
         references, ref_errors = {}, {}
         for g in plan.guidances:
             path = os.path.join(out, "reference", f"g{g:g}.npy")
@@ -412,15 +391,15 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
                                                  ref.steps // 2, g, ref.sigma_min)[0])
             references[g] = np.load(path)
             ref_errors[g] = convergence.rmse(np.load(half), references[g])
-        scorer = (ImageScorer(config, model, plan.metrics)
-                  if config.model.kind == "pipeline" else None)
+        scorer = (ImageScorer(spec, model, plan.metrics)
+                  if spec.model.kind == "pipeline" else None)
         todo = [c for c in plan.cells
                 if not os.path.exists(os.path.join(out, "cells", c.key + ".json"))]
         bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), unit="cell",
                    desc="compare", disable=not progress, dynamic_ncols=True)
         for cell in todo:
             x, compile_s, run_s = model.run(cell.sampler, cell.schedule, cell.steps,
-                                            cell.guidance)
+                                            cell.guidance, options=spec.options(cell.sampler))
             row = dict(sampler=cell.sampler, schedule=cell.schedule, guidance=cell.guidance,
                        steps=cell.steps, nfe=cell.nfe,
                        compile_s=compile_s, seconds_per_sample=run_s / len(plan.seeds))
@@ -449,29 +428,29 @@ def run_study(config, out: str, progress: bool = True) -> list[dict]:
                                   rmse_vs_half_steps={f"{g:g}": e for g, e in
                                                       ref_errors.items()},
                                   frechet={f"{g:g}": e for g, e in ref_rows.items()}),
-                   slopes=fit_slopes(rows, config.fit_last) if "rmse" in plan.metrics else [])
-    write_outputs(out, config, plan, rows, summary)
-    if config.model.kind == "pipeline" and config.get("grid_prompts", 0):
-        write_image_grids(out, plan, rows, config.grid_prompts)
+                   slopes=fit_slopes(rows, spec.fit_last) if "rmse" in plan.metrics else [])
+    write_outputs(out, spec, plan, rows, summary)
+    if spec.model.kind == "pipeline" and spec.grid_prompts:
+        write_image_grids(out, plan, rows, spec.grid_prompts)
     return rows
 
 
 class ImageScorer:
     """The image metrics of a pipeline study: decode a cell's latents, score the images.
 
-    The CLIP (config.feature_extractor) and the real images' features are loaded once.
+    The CLIP (study.feature_extractor) and the real images' features are loaded once.
     """
 
-    def __init__(self, config, model, metrics):
+    def __init__(self, study: StudySpec, model, metrics):
         self.model, self.metrics = model, metrics
-        self.grid_prompts = config.get("grid_prompts", 0)
+        self.grid_prompts = study.grid_prompts
         self.clip = None
         if set(metrics) & {"frechet", "clip_score"}:
             from diffjax.metrics.clip_features import CLIPFeatures
-            self.clip = CLIPFeatures.from_model(config.feature_extractor)
+            self.clip = CLIPFeatures.from_model(study.feature_extractor)
         if "frechet" in metrics:
             from diffjax.metrics import frechet
-            real = real_images(config.real_images, len(model.seeds))
+            real = real_images(study.real_images, len(model.seeds))
             self.real_stats = frechet.gaussian_stats(self.clip.frechet_features(real))
 
     def score(self, latents, grid_path: str | None = None) -> dict:
@@ -497,7 +476,7 @@ class ImageScorer:
 def write_image_grids(out: str, plan, rows, n_prompts: int) -> list[str]:
     """Per (schedule, guidance) and seed i < n_prompts: a PNG grid of that seed's image,
     rows = samplers, columns = step counts (grid_<schedule>_g<guidance>_seed<i>.png)."""
-    from diffjax.train.run_log import save_grid
+    from diffjax.train.logging import save_grid
     paths = []
     steps = sorted({r["steps"] for r in rows})
     for (schedule, guidance), by_sampler in _groups(rows).items():
@@ -554,23 +533,23 @@ def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3e}"
 
 
-def markdown_table(config, plan, rows, summary) -> str:
+def markdown_table(spec: StudySpec, plan, rows, summary) -> str:
     """Deterministic numbers only (no timings): the table a rerun must reproduce exactly."""
     from diffjax.diffusion.samplers import SAMPLERS
-    lines = [f"# Sampler comparison: {config.name}", ""]
+    lines = [f"# Sampler comparison: {spec.name}", ""]
     ref = summary["reference"]
-    lines.append(f"Model: {config.model.kind}; {len(plan.seeds)} seeds; reference: "
+    lines.append(f"Model: {spec.model.kind}; {len(plan.seeds)} seeds; reference: "
                  f"{ref['sampler']} {ref['steps']} steps ({ref['schedule']}), NFE "
                  f"{ref['nfe']}, "
                  + (f"last nonzero sigma {ref['sigma_min']:g}" if ref["sigma_min"] > 0 else
                     "same last nonzero sigma as the cells")
-                 + f"; dtype {config.dtype}. Cells show the metric, with the NFE "
+                 + f"; dtype {spec.dtype}. Cells show the metric, with the NFE "
                  "in brackets where it differs from the step count.")
     lines.append("")
     for g, e in ref["rmse_vs_half_steps"].items():
         lines.append(f"- reference error estimate (RMSE vs the same solve at half the steps), "
                      f"guidance {g}: {_fmt(e)}")
-    floor = ("finite-sample floor" if config.model.kind == "gmm" else
+    floor = ("finite-sample floor" if spec.model.kind == "gmm" else
              "the reference solve's own, against the real images")
     for g, e in ref["frechet"].items():
         lines.append(f"- reference Fréchet distance ({floor}), guidance {g}: {_fmt(e)}")
@@ -582,7 +561,7 @@ def markdown_table(config, plan, rows, summary) -> str:
             lines += ["", f"## {metric} — schedule {schedule}, guidance {guidance:g}", ""]
             head = ["sampler", "order"] + [f"{n} steps" for n in steps]
             if metric == "rmse":
-                head.append(f"slope (last {config.fit_last or 'all'})")
+                head.append(f"slope (last {spec.fit_last or 'all'})")
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "---|" * len(head))
             for sampler, rs in by_sampler.items():
@@ -638,7 +617,7 @@ def write_plots(out: str, plan, rows, summary) -> list[str]:
     return paths
 
 
-def write_outputs(out: str, config, plan, rows, summary) -> None:
+def write_outputs(out: str, spec: StudySpec, plan, rows, summary) -> None:
     columns = ["sampler", "schedule", "guidance", "steps", "nfe", *plan.metrics,
                "compile_s", "seconds_per_sample"]
     buf = io.StringIO()
@@ -648,5 +627,5 @@ def write_outputs(out: str, config, plan, rows, summary) -> None:
     _atomic_write(os.path.join(out, "results.csv"), buf.getvalue())
     _atomic_write(os.path.join(out, "results.json"),
                   json.dumps(dict(rows=rows, **summary), indent=1) + "\n")
-    _atomic_write(os.path.join(out, "table.md"), markdown_table(config, plan, rows, summary))
+    _atomic_write(os.path.join(out, "table.md"), markdown_table(spec, plan, rows, summary))
     write_plots(out, plan, rows, summary)

@@ -1,0 +1,92 @@
+"""The sampler comparison's config at its boundary (diffjax/studies/compare_spec.py):
+every committed study's config.json (written before StudySpec, with comma-separated
+strings) reads as the same StudySpec the packaged config gives with the same values, and
+bad values are named ConfigErrors before anything runs."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from diffjax.config import ConfigError, load_config
+from diffjax.studies import compare_samplers as runner
+from diffjax.studies.compare_spec import spec_to_dict, study_spec, upgrade_saved
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMITTED = sorted(glob.glob(os.path.join(REPO, "experiments", "results", "*", "config.json")))
+SEPARATED = ("samplers", "steps", "guidance_scales", "schedules", "metrics")
+
+
+def test_every_committed_study_config_is_found():
+    names = {os.path.basename(os.path.dirname(p)) for p in COMMITTED}
+    assert {"gmm_convergence", "gmm_exact_endpoint", "gmm_guidance", "mini_samplers"} <= names
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_committed_config_json_reads_as_the_packaged_config(path):
+    """The old strings split into typed tuples, no sampler options, everything else as
+    saved; the packaged config with those values overridden is the same spec, and the
+    study's grid plans (names, schedules, reference fineness checked)."""
+    with open(path) as f:
+        saved = json.load(f)
+    spec = study_spec(load_config(path))
+    for key in SEPARATED:
+        assert isinstance(saved[key], str)          # still the pre-spec file
+        assert [str(v) for v in getattr(spec, key)] == [
+            str(type(getattr(spec, key)[0])(v)) for v in saved[key].split(",")], key
+    assert spec.sampler_options == {}
+    assert spec.steps == tuple(int(n) for n in saved["steps"].split(","))
+    assert spec.guidance_scales == tuple(float(g) for g in saved["guidance_scales"].split(","))
+    assert spec_to_dict(spec)["reference"] == saved["reference"]
+    assert spec_to_dict(spec)["model"] == saved["model"]
+    packaged = ("diffjax.configs.compare.mini_samplers" if saved["model"]["kind"] == "pipeline"
+                else "diffjax.configs.compare.gmm_convergence")
+    overrides = [f"{k}={saved[k]}" for k in ("name", "out", *SEPARATED, "seeds", "fit_last")]
+    overrides += [f"reference.{k}={v}" for k, v in saved["reference"].items()]
+    assert spec_to_dict(study_spec(load_config(packaged, overrides))) == spec_to_dict(spec)
+    plan = runner.make_plan(spec)
+    assert len(plan.cells) == (len(spec.samplers) * len(spec.steps) * len(spec.schedules)
+                               * len(spec.guidance_scales))
+
+
+def test_saved_spec_round_trips_through_config_json(tmp_path):
+    """What a run records (every field, lists, options) reads back as the same spec."""
+    config = load_config("diffjax.configs.compare.gmm_convergence")
+    with config.unlocked():
+        config.sampler_options = {"heun": {"s_churn": 40.0}}
+    spec = study_spec(config)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(spec_to_dict(spec)))
+    assert study_spec(load_config(str(path))) == spec
+    assert spec.options("heun") == {"s_churn": 40.0} and spec.options("euler") == {}
+
+
+def test_upgrade_reads_only_the_old_strings():
+    assert upgrade_saved({"steps": "5, 10", "samplers": ["euler"]}) == {
+        "steps": [5, 10], "samplers": ["euler"], "sampler_options": {}}
+    with pytest.raises(ConfigError, match="steps: cannot read '5,ten' as comma-separated int"):
+        upgrade_saved({"steps": "5,ten"})
+
+
+@pytest.mark.parametrize("over, options, match", [
+    (["steps=0,5"], None, r"steps must all be >= 1, got \(0, 5\)"),
+    (["guidance_scales=-1"], None, "guidance_scales must be >= 0"),
+    (["seeds=1"], None, "seeds must be >= 2"),
+    (["dtype=float16"], None, "dtype must be one of"),
+    (["reference.steps=1"], None, "reference.steps must be >= 2"),
+    (["steps=5,x"], None, "cannot parse '5,x'"),
+    ([], {"heun": {"s_churn": 40.0}}, r"sampler_options names samplers the study does not "
+                                      r"run: \['heun'\]"),
+    (["samplers=euler,heun"], {"euler": {"eta": 1.0}},
+     r"sampler 'euler' has no option\(s\) \['eta'\]; valid options \(default\): none"),
+    (["samplers=heun"], {"heun": {"s_churn": float("nan")}}, "s_churn=nan: must be a number"),
+    (["samplers=heun"], {"heun": 40}, "sampler_options.heun must map option names"),
+])
+def test_bad_study_config_is_named(over, options, match):
+    with pytest.raises(ConfigError, match=match):
+        config = load_config("diffjax.configs.compare.gmm_convergence", ["samplers=euler", *over])
+        if options is not None:
+            with config.unlocked():
+                config.sampler_options = options
+        runner.make_plan(config)
