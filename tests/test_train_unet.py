@@ -121,3 +121,27 @@ def test_init_from_takes_a_finished_runs_ema_unet(dp_run):
     with pytest.raises(ValueError, match=r"\['conv_in'\]\['kernel'\] has shape \(3, 3, 4, "
                                          r"\d+\), .* expects \(3, 3, 4, 7\)"):
         _initial_unet_params(c, comps)
+
+
+def test_sample_grid_takes_the_configs_prompts_and_seeds(dp_run, tmp_path, monkeypatch):
+    """train.sample_prompts / sample_seeds / sample_steps / sample_guidance reach the sample
+    grid (the grid is replaced by a recorder that stops the run before any step)."""
+    from diffjax.train import sample_grid
+    data, _, _, _ = dp_run
+    seen = {}
+
+    class Recorder:
+        def __init__(self, comps, prompts, seeds, **kw):
+            seen.update(prompts=prompts, seeds=seeds, **kw)
+            raise KeyboardInterrupt   # stop here: nothing below is under test
+
+    monkeypatch.setattr(sample_grid, "GridSampler", Recorder)
+    c = _config(data, 2)
+    c.train.sample_every = 1
+    c.train.sample_prompts = ("a red circle", "a green star")
+    c.train.sample_seeds = (7,)
+    c.train.sample_guidance = 5.5
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(c, str(tmp_path / "grid"))
+    assert seen == dict(prompts=("a red circle", "a green star"), seeds=(7,), steps=20,
+                        guidance_scale=5.5, clip_skip=0)

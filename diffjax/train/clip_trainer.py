@@ -113,16 +113,20 @@ def init_clip_params(model, seed: int) -> dict:
 def train_and_evaluate(config, workdir: str, *, progress: bool = True):
     """Train config.train.num_steps CLIP updates; resumes from workdir's latest checkpoint.
 
-    Returns (final TrainState, list of per-step metrics of this call).
+    config: a ConfigDict (diffjax.configs.train.clip, a run's config.json), checked into a
+    `CLIPRun` here, or a CLIPRun. Returns (final TrainState, list of per-step metrics of
+    this call).
     """
     from diffjax.models.clip import CLIPModel
     from diffjax.text import load_tokenizer
-    c = config
+    from diffjax.train.spec import CLIPRun, run_spec
+    c = run_spec(config, CLIPRun)
     text, vision = clip_configs(c.model.text, c.model.vision, c.data.resolution)
     model = CLIPModel(text, vision)
     params = init_clip_params(model, c.seed)
-    length = training_text_length(c.data.get("text_length", text.max_position_embeddings),
-                                  text.max_position_embeddings)
+    length = training_text_length(
+        text.max_position_embeddings if c.data.text_length is None else c.data.text_length,
+        text.max_position_embeddings)
     return runner.run_single_model(c, workdir, params, make_clip_step(
         model, ema_decay=c.train.ema_decay), {"image": 4, "ids": 2},
         tokenize=load_tokenizer(max_length=length), progress=progress)

@@ -1,13 +1,13 @@
-"""What the VAE and CLIP trainers share around their train step: data, mesh, checkpoints.
+"""What the trainers share around their train step: data, mesh, checkpoints.
 
-Why a separate file: the UNet trainer predates it (and also freezes two models); the VAE
-and CLIP trainers are single-model runs whose only difference is the step, so the
-plumbing (sharded batches, resume, logging) lives here once.
+Why a separate file: the VAE and CLIP trainers are single-model runs whose only difference
+is the step, so their plumbing (sharded batches, resume, logging) lives here once; the
+UNet trainer (which also freezes two models) uses the mesh, data and resume parts. Every
+function takes the trainer's frozen run spec (diffjax/train/spec.py), not a ConfigDict.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 import jax
@@ -16,13 +16,9 @@ import numpy as np
 from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.train import checkpoint, loop
-from diffjax.train.run_log import RunLogger
-from diffjax.train.state import OptimizerConfig, TrainState, create_train_state, make_optimizer
-
-
-def plain(config) -> dict:
-    """A ConfigDict (or dict) as plain JSON-able data."""
-    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+from diffjax.train.logging import RunLogger
+from diffjax.train.spec import spec_dict
+from diffjax.train.state import TrainState, create_train_state, make_optimizer
 
 
 def make_mesh_checked(c):
@@ -36,23 +32,27 @@ def make_mesh_checked(c):
     return mesh
 
 
-def data_iterator(c, tokenize=None, caption_dropout: float = 0.0):
+def pipeline_config(c) -> pipeline.PipelineConfig:
+    """What the data pipeline does to each example: this process's share of the batch."""
+    return pipeline.PipelineConfig(
+        batch_size=c.data.batch_size // jax.process_count(), resolution=c.data.resolution,
+        seed=c.seed, crop=c.data.crop, flip=c.data.flip, caption_dropout=c.data.caption_dropout,
+        image_key=c.data.image_key, caption_key=c.data.caption_key)
+
+
+def data_iterator(c, tokenize=None):
     """The grain iterator of per-process batches (get_state/set_state for exact resume)."""
     source = builders.open_source(c.data.dataset, c.data.split, c.data.data_dir or None)
-    pcfg = pipeline.PipelineConfig(
-        batch_size=c.data.batch_size // jax.process_count(), resolution=c.data.resolution,
-        seed=c.seed, crop=c.data.crop, flip=c.data.flip, caption_dropout=caption_dropout,
-        image_key=c.data.image_key, caption_key=c.data.caption_key)
-    return iter(pipeline.make_dataset(source, pcfg, tokenize,
+    return iter(pipeline.make_dataset(source, pipeline_config(c), tokenize,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count()))
 
 
 def start_or_resume(c, workdir: str, state, it, shardings):
     """Checkpoint manager for workdir; restore state and data position from its latest
-    checkpoint if any; write the resolved config.json (atomically, with the diffjax
-    version: `diffjax train --config WORKDIR/config.json` reruns it). Returns (state,
-    manager)."""
+    checkpoint if any; write the resolved run spec, every field, as config.json
+    (atomically, with the diffjax version: `diffjax train --config WORKDIR/config.json`
+    reruns it). Returns (state, manager)."""
     manager = checkpoint.make_manager(workdir, keep=c.train.keep_checkpoints)
     if manager.latest_step() is not None:
         state, data_state, _ = checkpoint.restore(manager, state)
@@ -61,8 +61,7 @@ def start_or_resume(c, workdir: str, state, it, shardings):
     import ml_collections
 
     from diffjax.config import save_config
-    save_config(c if isinstance(c, ml_collections.ConfigDict) else ml_collections.ConfigDict(c),
-                workdir)
+    save_config(ml_collections.ConfigDict(spec_dict(c)), workdir)
     return state, manager
 
 
@@ -82,7 +81,7 @@ def run_single_model(c, workdir: str, params, step: Callable, batch_ndims: dict[
     Resumes from workdir's latest checkpoint; logs through RunLogger.
     """
     mesh = make_mesh_checked(c)
-    tx = make_optimizer(OptimizerConfig(**plain(c.optimizer)))
+    tx = make_optimizer(c.optimizer)
     repl = sharding.replicated(mesh)
     batch_spec = {k: sharding.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
     jitted = jax.jit(step(tx), in_shardings=(repl, batch_spec, repl),
@@ -96,4 +95,4 @@ def run_single_model(c, workdir: str, params, step: Callable, batch_ndims: dict[
         return loop.train_loop(state, jitted, it, jax.random.key(c.seed),
                                num_steps=c.train.num_steps, make_batch=make_batch,
                                manager=manager, save_every=c.train.save_every,
-                               config=plain(c), on_metrics=logger.log)
+                               config=spec_dict(c), on_metrics=logger.log)

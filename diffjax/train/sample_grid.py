@@ -14,19 +14,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from diffjax.train.run_log import save_grid
+from diffjax.train.logging import save_grid
+from diffjax.train.spec import SHAPES_PROMPTS
 
-# In-distribution `shapes` captions: colours, shapes and backgrounds that differ per row.
-SHAPES_PROMPTS: tuple[str, ...] = (
-    "a large red circle on a white background",
-    "a large blue square on a white background",
-    "a large green triangle on a black background",
-    "a large yellow star on a gray background",
-    "a large purple diamond on a white background",
-    "a large orange cross on a black background",
-    "a large blue circle on a black background",
-    "a large red square on a gray background",
-)
 
 
 class GridSampler:

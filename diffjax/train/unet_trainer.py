@@ -26,10 +26,11 @@ from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.diffusion import schedules
 from diffjax.train import loop
-from diffjax.train.run_log import RunLogger
-from diffjax.train.runner import batch_maker, plain, start_or_resume
-from diffjax.train.state import (OptimizerConfig, TrainState, create_train_state,
-                                 make_optimizer)
+from diffjax.train.logging import RunLogger
+from diffjax.train.runner import (batch_maker, make_mesh_checked, pipeline_config,
+                                  start_or_resume)
+from diffjax.train.spec import UNetRun, run_spec, spec_dict
+from diffjax.train.state import TrainState, create_train_state, make_optimizer
 from diffjax.train.step import make_train_step
 from diffjax.weights.components import resolve_clip_skip
 
@@ -50,7 +51,7 @@ def unet_state_shardings(unet, comps, tx, state, mesh) -> TrainState:
 def _initial_unet_params(c, comps):
     """The model folder's UNet, or with `model.init_from` a finished run's EMA UNet: how a
     second stage continues a first (fresh optimizer and schedule, same architecture)."""
-    init_from = c.model.get("init_from", "")
+    init_from = c.model.init_from
     if not init_from:
         return comps.unet_params
     from diffjax.train.checkpoint import load_params_like
@@ -60,38 +61,31 @@ def _initial_unet_params(c, comps):
 def train_and_evaluate(config, workdir: str):
     """Train config.train.num_steps UNet updates; resumes from workdir's latest checkpoint.
 
-    Returns (final TrainState, list of per-step metrics of this call).
+    config: a ConfigDict (diffjax.configs.train.unet, a run's config.json), checked into a
+    `UNetRun` here, or a UNetRun. Returns (final TrainState, list of per-step metrics of
+    this call).
     """
     from diffjax.models.clip import CLIPTextModel
     from diffjax.models.unet import UNet2DConditionModel
     from diffjax.models.vae import AutoencoderKL
     from diffjax.text import load_tokenizer
 
-    c = config
+    c = run_spec(config, UNetRun)
     from diffjax.weights.load import load
     comps = load(c.model.name, seed=c.seed)
     text, unet, vae = (CLIPTextModel(comps.text_config), UNet2DConditionModel(comps.unet_config),
                        AutoencoderKL(comps.vae_config))
-    mesh = sharding.make_mesh(tuple(c.mesh.shape))
-    n_data = sharding.data_size(mesh)
-    if c.data.batch_size % (n_data * jax.process_count()):
-        raise ValueError(f"data.batch_size {c.data.batch_size} is not divisible by the mesh's "
-                         f"data axes (data x fsdp = {n_data}) times {jax.process_count()} "
-                         f"processes")
+    mesh = make_mesh_checked(c)
     tokenizer = load_tokenizer(comps.tokenizer_dir)
     source = builders.open_source(c.data.dataset, c.data.split, c.data.data_dir or None)
-    pcfg = pipeline.PipelineConfig(
-        batch_size=c.data.batch_size // jax.process_count(), resolution=c.data.resolution,
-        seed=c.seed, crop=c.data.crop, flip=c.data.flip, caption_dropout=c.data.caption_dropout,
-        image_key=c.data.image_key, caption_key=c.data.caption_key)
+    pcfg = pipeline_config(c)
 
     sched = comps.scheduler
     acp = schedules.alphas_cumprod_for(sched["beta_schedule"], sched["num_train_timesteps"],
                                        sched["beta_start"], sched["beta_end"],
                                        sched.get("rescale_betas_zero_snr", False))
     scaling = comps.vae_config.scaling_factor
-    opt = OptimizerConfig(**plain(c.optimizer))
-    tx = make_optimizer(opt)
+    tx = make_optimizer(c.optimizer)
 
     def apply_fn(p, x, t, ctx):
         return unet.apply({"params": p}, x, t, ctx)
@@ -102,7 +96,7 @@ def train_and_evaluate(config, workdir: str):
 
     # The text layer the UNet is conditioned on: by default the model's own (a folder that
     # declares one, e.g. diffjax-mini's 2), so a fine-tune keeps what sampling will feed it.
-    clip_skip = resolve_clip_skip(int(c.train.get("clip_skip", -1)), comps, "train.clip_skip")
+    clip_skip = resolve_clip_skip(c.train.clip_skip, comps, "train.clip_skip")
 
     def encode(vae_params, pixels):
         return vae.apply({"params": vae_params}, pixels,
@@ -110,7 +104,7 @@ def train_and_evaluate(config, workdir: str):
 
     # train.cache_latents: the frozen encoder runs once over the set (latent_cache.py), and
     # the step reads the latents; same examples, order and caption dropout as without.
-    cache = bool(c.train.get("cache_latents", False))
+    cache = c.train.cache_latents
     if cache:
         from diffjax.train import latent_cache
         s = c.data.resolution // comps.vae_config.downsample_factor
@@ -118,7 +112,7 @@ def train_and_evaluate(config, workdir: str):
         source = latent_cache.encode_source(
             source, lambda x: encode_jit(comps.vae_params, x),
             (s, s, comps.vae_config.latent_channels), pcfg,
-            progress=c.train.get("progress", True))
+            progress=c.train.progress)
         pcfg = dataclasses.replace(pcfg, latents=True)
 
     def batches():
@@ -155,24 +149,21 @@ def train_and_evaluate(config, workdir: str):
     # Scalars to metrics.jsonl (one line per step, appended across resumes) and TensorBoard
     # event files under workdir/tb; a sample grid PNG every train.sample_every steps.
     on_state = None
-    sample_every = c.train.get("sample_every", 0)
-    if sample_every:
-        from diffjax.train.sample_grid import SHAPES_PROMPTS, GridSampler
-        grid = GridSampler(comps, tuple(c.train.get("sample_prompts", SHAPES_PROMPTS)),
-                           tuple(c.train.get("sample_seeds", (0, 1))),
-                           steps=c.train.get("sample_steps", 20),
-                           guidance_scale=c.train.get("sample_guidance", 3.0),
+    if c.train.sample_every:
+        from diffjax.train.sample_grid import GridSampler
+        grid = GridSampler(comps, c.train.sample_prompts, c.train.sample_seeds,
+                           steps=c.train.sample_steps, guidance_scale=c.train.sample_guidance,
                            clip_skip=clip_skip)
-        which = c.train.get("sample_params", "params")  # or "ema_params"
 
         def on_state(s, m):
-            if m["step"] % sample_every == 0:
-                grid(getattr(s, which),
+            if m["step"] % c.train.sample_every == 0:
+                grid(getattr(s, c.train.sample_params),
                      os.path.join(workdir, "samples", f"step_{m['step']:07d}.png"))
 
     with RunLogger(workdir, c.train.num_steps, int(state.step),
-                   progress=c.train.get("progress", True), desc="unet") as logger:
+                   progress=c.train.progress, desc="unet") as logger:
         return loop.train_loop(state, step_fn, it, jax.random.key(c.seed),
                                num_steps=c.train.num_steps, make_batch=make_batch,
                                manager=manager, save_every=c.train.save_every,
-                               config=plain(c), on_metrics=logger.log, on_state=on_state)
+                               config=spec_dict(c), on_metrics=logger.log,
+                               on_state=on_state)

@@ -121,25 +121,24 @@ def init_vae_params(vae_config, seed: int) -> dict:
 def train_and_evaluate(config, workdir: str, *, progress: bool = True):
     """Train config.train.num_steps VAE updates; resumes from workdir's latest checkpoint.
 
-    Returns (final TrainState, list of per-step metrics of this call).
+    config: a ConfigDict (diffjax.configs.train.vae, a run's config.json), checked into a
+    `VAERun` here, or a VAERun. Returns (final TrainState, list of per-step metrics of this
+    call).
     """
     from diffjax.models import presets
     from diffjax.models.vae import AutoencoderKL
-    c = config
+    from diffjax.train.spec import VAERun, run_spec
+    c = run_spec(config, VAERun)
     if c.model.name not in presets.VAE_PRESETS:
         raise ValueError(f"model.name {c.model.name!r} is not a VAE preset; presets: "
                          f"{', '.join(presets.VAE_PRESETS)}")
     vcfg = dataclasses.replace(presets.VAE_PRESETS[c.model.name], sample_size=c.data.resolution)
     vae = AutoencoderKL(vcfg)
-    train_only = c.train.get("train_only", "")
-    if train_only not in FROZEN_GROUPS:
-        raise ValueError(f"train.train_only {train_only!r} is not one of "
-                         f"{', '.join(map(repr, FROZEN_GROUPS))}")
     step = make_vae_step(vae, kl_weight=c.train.kl_weight, recon_loss=c.train.recon_loss,
-                         decode_from=c.train.get("decode_from", "sample"),
-                         ema_decay=c.train.ema_decay, frozen=FROZEN_GROUPS[train_only],
-                         edge_weight=c.train.get("edge_weight", 0.0))
-    init_from = c.model.get("init_from", "")
+                         decode_from=c.train.decode_from, ema_decay=c.train.ema_decay,
+                         frozen=FROZEN_GROUPS[c.train.train_only],
+                         edge_weight=c.train.edge_weight)
+    init_from = c.model.init_from
     if init_from:  # fine-tune a finished run's EMA params (e.g. its decoder only)
         from diffjax.train.checkpoint import load_params_like
         import flax.linen as nn

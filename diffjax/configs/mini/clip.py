@@ -18,27 +18,21 @@ the same on 32-token rows as on 77 in fewer FLOPs (diffjax/train/clip_trainer.py
 The recipe, in order: tools/mini_recipe.py and the README.
 """
 
-import ml_collections
-
-from diffjax.config import parse_arg
+from diffjax.config import config_dict, parse_arg
+from diffjax.train.spec import (CheckpointSpec, CLIPModelSpec, CLIPRun, DataSpec,
+                                OptimizerConfig)
 
 DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
 
 def get_config(arg=None):
     a = parse_arg(arg, dataset=DATASET, steps=2000, batch=128, seed=0)
-    c = ml_collections.ConfigDict()
-    c.trainer = "clip"
-    c.seed = a.seed
-    c.model = ml_collections.ConfigDict(dict(text="mini", vision="mini"))
-    c.data = ml_collections.ConfigDict(dict(
-        dataset=a.dataset, split="train", data_dir="", resolution=32, batch_size=a.batch,
-        crop="center", flip=False,  # no flip: "left"/"right" are in the captions
-        image_key="image", caption_key="caption", text_length=32))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, warmup_steps=100, total_steps=a.steps, schedule="cosine",
-        end_lr_fraction=0.05, weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6, clip_norm=1.0))
-    c.train = ml_collections.ConfigDict(dict(
-        num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.99))
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    return c
+    return config_dict(
+        CLIPRun, trainer="clip", seed=a.seed,
+        model=config_dict(CLIPModelSpec, text="mini", vision="mini"),
+        data=config_dict(DataSpec, dataset=a.dataset, batch_size=a.batch, text_length=32),
+        optimizer=config_dict(
+            OptimizerConfig, learning_rate=1e-3, warmup_steps=100, total_steps=a.steps,
+            schedule="cosine", end_lr_fraction=0.05, weight_decay=0.1, b2=0.98, eps=1e-6),
+        train=config_dict(CheckpointSpec, num_steps=a.steps, keep_checkpoints=2,
+                          ema_decay=0.99))

@@ -15,9 +15,9 @@ seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax
 -1: the one the model folder declares -- 2 for the shipped mini, 0 for the assembled base).
 """
 
-import ml_collections
-
-from diffjax.config import parse_arg
+from diffjax.config import config_dict, parse_arg
+from diffjax.train.spec import (DataSpec, OptimizerConfig, UNetModelSpec, UNetRun,
+                                UNetTrainSpec)
 
 DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 
@@ -25,22 +25,15 @@ DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"
 def get_config(arg=None):
     a = parse_arg(arg, model="runs/mini/base", init_from="", lr=1e-3, dataset=DATASET,
                   steps=10000, batch=16, seed=0, clip_skip=-1)
-    c = ml_collections.ConfigDict()
-    c.trainer = "unet"
-    c.seed = a.seed
-    c.model = ml_collections.ConfigDict(dict(name=a.model, init_from=a.init_from))
-    c.data = ml_collections.ConfigDict(dict(
-        dataset=a.dataset, split="train", data_dir="", resolution=32, batch_size=a.batch,
-        crop="center", flip=False, caption_dropout=0.1,
-        image_key="image", caption_key="caption"))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=a.lr, warmup_steps=200, total_steps=a.steps, schedule="cosine",
-        end_lr_fraction=0.05, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0))
-    c.train = ml_collections.ConfigDict(dict(
-        num_steps=a.steps, save_every=500, keep_checkpoints=2, ema_decay=0.999,
-        snr_gamma=5.0, compute_dtype="float32", clip_skip=a.clip_skip,
-        cache_latents=True,  # the frozen encoder once over the 50k renders, not every step
-        sample_every=1000, sample_steps=20, sample_guidance=4.0, sample_seeds=(0, 1),
-        sample_params="ema_params", progress=True))
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    return c
+    return config_dict(
+        UNetRun, trainer="unet", seed=a.seed,
+        model=config_dict(UNetModelSpec, name=a.model, init_from=a.init_from),
+        data=config_dict(DataSpec, dataset=a.dataset, batch_size=a.batch,
+                         caption_dropout=0.1),
+        optimizer=config_dict(
+            OptimizerConfig, learning_rate=a.lr, warmup_steps=200, total_steps=a.steps,
+            schedule="cosine", end_lr_fraction=0.05),
+        train=config_dict(
+            UNetTrainSpec, num_steps=a.steps, keep_checkpoints=2, clip_skip=a.clip_skip,
+            cache_latents=True,  # the frozen encoder once over the 50k renders, not every step
+            sample_every=1000, sample_guidance=4.0, sample_params="ema_params"))
