@@ -476,7 +476,7 @@ class ImageScorer:
 def write_image_grids(out: str, plan, rows, n_prompts: int) -> list[str]:
     """Per (schedule, guidance) and seed i < n_prompts: a PNG grid of that seed's image,
     rows = samplers, columns = step counts (grid_<schedule>_g<guidance>_seed<i>.png)."""
-    from diffjax.train.logging import save_grid
+    from diffjax.train.run_log import save_grid
     paths = []
     steps = sorted({r["steps"] for r in rows})
     for (schedule, guidance), by_sampler in _groups(rows).items():

@@ -16,7 +16,7 @@ import numpy as np
 from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.train import checkpoint, loop
-from diffjax.train.logging import RunLogger
+from diffjax.train.run_log import RunLogger
 from diffjax.train.spec import spec_dict
 from diffjax.train.state import TrainState, create_train_state, make_optimizer
 

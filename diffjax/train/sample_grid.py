@@ -14,7 +14,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from diffjax.train.logging import save_grid
+from diffjax.train.run_log import save_grid
 from diffjax.train.spec import SHAPES_PROMPTS
 
 

@@ -26,7 +26,7 @@ from diffjax import sharding
 from diffjax.data import builders, pipeline
 from diffjax.diffusion import schedules
 from diffjax.train import loop
-from diffjax.train.logging import RunLogger
+from diffjax.train.run_log import RunLogger
 from diffjax.train.runner import (batch_maker, make_mesh_checked, pipeline_config,
                                   start_or_resume)
 from diffjax.train.spec import UNetRun, run_spec, spec_dict
