@@ -34,6 +34,9 @@ PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5
 
 @dataclasses.dataclass(frozen=True)
 class BenchSpec:
+    """A bench config at its boundary (`to_dataclass(config, BenchSpec)`). Every default is
+    here; diffjax/configs/bench/*.py state only their choices (`config_dict`)."""
+
     model: str = "tiny"
     height: int = 0                      # 0: the model's native size
     width: int = 0
@@ -47,6 +50,8 @@ class BenchSpec:
     startup: bool = False                # fresh-process cold / cached compile times
 
     def __post_init__(self):
+        from diffjax.diffusion.samplers import get_sampler
+        get_sampler(self.sampler)   # a named ConfigError before any model is built
         check_range("steps", self.steps, lo=1)
         check_range("repeats", self.repeats, lo=1)
         for b in self.batch_sizes:

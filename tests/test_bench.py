@@ -101,3 +101,27 @@ def test_a_failing_batch_size_is_a_row_and_the_rest_still_runs(monkeypatch):
                                  "error": "sample program: RESOURCE_EXHAUSTED: 99 GiB"}
     table = bench.markdown(result)
     assert "| 2 | 0.5 |" in table and "batch 16 failed: UNet call: RESOURCE_EXHAUSTED" in table
+
+
+@pytest.mark.parametrize("name", ["diffjax.configs.bench.tiny", "diffjax.configs.bench.sd15"])
+def test_bench_configs_hold_every_spec_key(name):
+    """The packaged bench configs state only their choices; every BenchSpec key is there
+    (overridable, recorded) and the config reads back as the spec."""
+    import dataclasses
+
+    from diffjax.bench import BenchSpec
+    from diffjax.config import load_config, to_dataclass
+    config = load_config(name)
+    spec = to_dataclass(config, BenchSpec)
+    assert set(config.keys()) == {f.name for f in dataclasses.fields(BenchSpec)}
+    assert dataclasses.asdict(spec) == {k: tuple(v) if isinstance(v, tuple) else v
+                                        for k, v in config.to_dict().items()}
+
+
+def test_bench_spec_names_bad_values():
+    from diffjax.bench import BenchSpec
+    from diffjax.config import ConfigError, load_config, to_dataclass
+    with pytest.raises(ConfigError, match="unknown sampler 'eulr'"):
+        to_dataclass(load_config("diffjax.configs.bench.tiny", ["sampler=eulr"]), BenchSpec)
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        to_dataclass(load_config("diffjax.configs.bench.tiny", ["steps=0"]), BenchSpec)

@@ -6,15 +6,13 @@
 On a 2-core CPU one UNet call takes tens of seconds: keep steps and repeats small there.
 """
 
-import ml_collections
-
-from diffjax.config import parse_arg
+from diffjax.bench import BenchSpec
+from diffjax.config import config_dict, parse_arg
 
 
 def get_config(arg=None):
     a = parse_arg(arg, dtype="float32", steps=2, repeats=2, batch=1, vs="diffusers",
                   attention="auto")
-    return ml_collections.ConfigDict(dict(
-        model="sd15", height=512, width=512, dtype=a.dtype, batch_sizes=(a.batch,),
-        steps=a.steps, sampler="euler", attention=a.attention, repeats=a.repeats, vs=a.vs,
-        startup=False))
+    return config_dict(
+        BenchSpec, model="sd15", height=512, width=512, dtype=a.dtype, batch_sizes=(a.batch,),
+        steps=a.steps, attention=a.attention, repeats=a.repeats, vs=a.vs)
