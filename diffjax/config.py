@@ -154,9 +154,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return config
 
 
-# Groups whose keys are not fixed by the config: an override may add one (the consumer
-# checks them: a sampler's options against its function's signature).
-OPEN_GROUPS = ("options",)
+# Groups whose keys are not fixed by the config: an override may add one, or a group
+# inside one (the consumer checks them: a sampler's options against its function's
+# signature; a study's {sampler: {option: value}}).
+OPEN_GROUPS = ("options", "sampler_options")
 
 
 def _unlock_open_groups(config: ml_collections.ConfigDict) -> None:
@@ -199,10 +200,12 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     node = config
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        if (i == len(parts) - 1 and isinstance(node, ml_collections.ConfigDict)
-                and part not in node and config.is_locked and not node.is_locked):
-            node[part] = _parse_scalar(text, None, dotted)   # a new key of an open group
-            return
+        if (isinstance(node, ml_collections.ConfigDict) and part not in node
+                and config.is_locked and not node.is_locked):
+            if i == len(parts) - 1:
+                node[part] = _parse_scalar(text, None, dotted)  # a new key of an open group
+                return
+            node[part] = ml_collections.ConfigDict()   # a new group inside an open group
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             raise ConfigError(_unknown_key_message(dotted, _flat_keys(config)))
         if i < len(parts) - 1:

@@ -90,3 +90,20 @@ def test_bad_study_config_is_named(over, options, match):
             with config.unlocked():
                 config.sampler_options = options
         runner.make_plan(config)
+
+
+def test_sampler_options_can_be_set_by_override_and_are_checked():
+    """`--config.sampler_options.<sampler>.<option>=value` adds to the open group; a reload
+    of the recorded study accepts more of them."""
+    config = load_config("diffjax.configs.compare.gmm_convergence", [
+        "samplers=heun,euler_ancestral", "sampler_options.heun.s_churn=40",
+        "sampler_options.heun.s_noise=1.003", "sampler_options.euler_ancestral.eta=0.5"])
+    spec = study_spec(config)
+    assert spec.sampler_options == {"heun": {"s_churn": 40, "s_noise": 1.003},
+                                    "euler_ancestral": {"eta": 0.5}}
+    runner.make_plan(spec)   # names, types and values all valid
+    with pytest.raises(ConfigError, match=r"sampler 'heun' has no option\(s\) \['churn'\]"):
+        runner.make_plan(load_config("diffjax.configs.compare.gmm_convergence",
+                                     ["samplers=heun", "sampler_options.heun.churn=40"]))
+    with pytest.raises(ConfigError, match="unknown config key 'sampler_optons.heun.s_churn'"):
+        load_config("diffjax.configs.compare.gmm_convergence", ["sampler_optons.heun.s_churn=1"])
