@@ -24,6 +24,7 @@ import dataclasses
 import os
 import shutil
 
+from diffjax.weights.components import Components
 from diffjax.weights.io import WeightsError
 
 FORMAT = "diffjax-components"
@@ -63,7 +64,7 @@ def _config_from_json(cls, d: dict, what: str):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def components_to_json(c) -> dict:
+def components_to_json(c: Components) -> dict:
     """Everything about a `Components` except its params and tokenizer files."""
     from diffjax import __version__
     out = dict(format=FORMAT, version=VERSION, diffjax_version=__version__, name=c.name,
@@ -80,7 +81,7 @@ def is_checkpoint(path: str) -> bool:
             and os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")))
 
 
-def save_checkpoint(c, path: str, force: bool = False) -> None:
+def save_checkpoint(c: Components, path: str, force: bool = False) -> None:
     """Write `Components` as a diffjax orbax checkpoint at `path` (see module docstring).
 
     force: replace an existing `path`; without it an existing path is an error (a convert
@@ -148,7 +149,7 @@ def _check_stored_item(path: str, name: str, abstract, config) -> None:
 
 
 def load_checkpoint(path: str, dtype: str | None = None, attention: str | None = None,
-                    shardings: dict | None = None):
+                    shardings: dict | None = None) -> Components:
     """A diffjax checkpoint -> `Components`, each network's params restored in one go.
 
     dtype / attention: override the compute dtype and attention kernel stored in the configs
@@ -164,7 +165,6 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
     import orbax.checkpoint as ocp
 
     from diffjax.models.abstract import abstract_params
-    from diffjax.weights.components import Components
     meta = read_checkpoint_config(path)
     table = networks()
     shardings = dict(shardings or {})
