@@ -26,6 +26,16 @@ def test_info_reports_devices_and_mesh():
     assert "mesh" in out and "'data':" in out
 
 
+def test_packaged_config_by_module_name_and_a_missing_one():
+    out = _run("info", "--config", "diffjax.configs.sample:steps=3",
+               "--config.mesh.shape=(-1,1,1)").stdout
+    assert "mesh" in out and "'data':" in out
+    for spec in ("diffjax.configs.nope", "configs/nope.py"):
+        r = _run("info", "--config", spec, check=False)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr, r.stderr
+
+
 def test_typo_override_exits_nonzero_naming_the_key():
     r = _run("info", "--config", "configs/sample.py", "--config.num_stepz=3", check=False)
     assert r.returncode != 0
