@@ -94,3 +94,30 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="cond must have a leading axis of len\\(seeds\\) = 2"):
         sample(lambda x, s, c: den(x, s), (3, 2), [0, 1], "euler", SIGMAS,
                cond=jnp.zeros((3, 5)))
+
+
+@pytest.mark.parametrize("full_strength", [False, True])
+def test_initial_state_from_an_image(full_strength):
+    """FromImage: x_T is init + sigma_0 * the seed's own noise (the draw text-to-image
+    scales; at full strength exactly text-to-image's VP x_T), RePaint blending feeds the
+    denoiser the kept region as init + sigma * noise, and the kept region ends as init.
+    With D = x the Euler derivative is x - D(blended x): zero in the repainted region, so
+    that region keeps x_T."""
+    from diffjax.diffusion.image_conditioning import FromImage
+    init = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)), jnp.float32)
+    keep = jnp.asarray([[1.0], [0.0], [1.0]], jnp.float32)
+    sig = jnp.asarray([8.0, 2.0, 0.5], jnp.float32)
+    start = FromImage(init, keep, full_strength=full_strength)
+    out = np.asarray(sample(lambda x, s: x, (3, 2), [3, 11], "euler", sig,
+                            initial_state=start))
+    for row, seed in zip(out, (3, 11)):
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 0), (3, 2))
+        x_T = (np.asarray(initial_noise(seed, (3, 2), sig[0], "vp")) if full_strength
+               else np.asarray(init + sig[0] * noise))
+        np.testing.assert_array_equal(row[[0, 2]], np.asarray(init)[[0, 2]])
+        np.testing.assert_allclose(row[1], x_T[1], rtol=1e-6)     # repainted: D = x there
+    # without a mask nothing is blended: D = x keeps x_T everywhere
+    plain = np.asarray(sample(lambda x, s: x, (3, 2), [3], "euler", sig,
+                              initial_state=FromImage(init)))[0]
+    noise = jax.random.normal(jax.random.fold_in(jax.random.key(3), 0), (3, 2))
+    np.testing.assert_allclose(plain, np.asarray(init + sig[0] * noise), rtol=1e-6)
