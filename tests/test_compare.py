@@ -217,16 +217,26 @@ def test_committed_study_shows_first_order_worse_at_nfe_10():
     assert slopes["dpmpp_3m"] < -2.2 and slopes["unipc"] < -2.2, slopes
 
 
-def test_committed_study_cell_reproduces_from_its_config(tmp_path):
-    """One cell of the committed study, rerun from its config.json (narrowed to that cell),
-    gives the number its table shows (the full rerun is in the study's README)."""
-    with open(os.path.join(STUDY, "results.json")) as f:
-        saved = {(r["sampler"], r["steps"]): r for r in json.load(f)["rows"]}
-    config = load_config(os.path.join(STUDY, "config.json"),
-                         [f"out={tmp_path / 'r'}", "samplers=unipc", "steps=10"])
+@pytest.mark.parametrize("study, sampler, steps, guidance", [
+    ("gmm_convergence", "unipc", 10, 0.0),
+    ("gmm_exact_endpoint", "heun", 20, 0.0),   # its reference ends at sigma_min 1e-4
+    ("gmm_guidance", "heun", 10, 3.0),
+])
+def test_committed_study_cell_reproduces_from_its_config(tmp_path, study, sampler, steps,
+                                                         guidance):
+    """One cell of each committed GMM study, rerun from its config.json (written before
+    StudySpec, read by its upgrade) narrowed to that cell, gives exactly the numbers it
+    saved (the full reruns: the studies' READMEs)."""
+    directory = os.path.join(REPO, "experiments", "results", study)
+    with open(os.path.join(directory, "results.json")) as f:
+        saved = {(r["sampler"], r["steps"], r["guidance"]): r for r in json.load(f)["rows"]}
+    config = load_config(os.path.join(directory, "config.json"),
+                         [f"out={tmp_path / 'r'}", f"samplers={sampler}", f"steps={steps}",
+                          f"guidance_scales={guidance}"])
     (row,) = runner.run_study(config, config.out, progress=False)
+    want = saved[(sampler, steps, guidance)]
     for metric in ("rmse", "frechet"):
-        assert f"{row[metric]:.3e}" == f"{saved[('unipc', 10)][metric]:.3e}", metric
+        assert row.get(metric) == want.get(metric), metric
 
 
 def test_pipeline_inputs_named_before_compute(tmp_path):
