@@ -15,7 +15,6 @@ except ModuleNotFoundError:
     torch = diffusers = None
 
 import jax
-import jax.numpy as jnp
 
 from diffjax.models import presets
 from diffjax.models.abstract import abstract_params
