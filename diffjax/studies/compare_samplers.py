@@ -26,10 +26,15 @@ folder with text_encoder/ and image_encoder/. Pipeline studies also write image 
 and wall time per sample are kept apart in results.json/csv; the Markdown table holds only
 deterministic numbers, so a rerun from the saved config.json reproduces it exactly.
 
+Sampler options (config.sampler_options, {sampler: {option: value}}, e.g.
+`--config.sampler_options.heun.s_churn=40`) reach every cell of that sampler; `diffjax
+samplers` lists each sampler's options. The config is read once, as a frozen StudySpec
+(compare_spec.py), which also reads the committed studies' older config.json files.
+
 The grid is resumable: each finished cell is a JSON file under <out>/cells/ and each
 reference an .npy under <out>/reference/; a rerun into the same directory (same config)
-computes only what is missing. Everything is checked (samplers, metrics, schedules,
-reference fineness, feature folder) before any compute starts.
+computes only what is missing. Everything is checked (samplers and their options, metrics,
+schedules, reference fineness, feature folder) before any compute starts.
 """
 
 from __future__ import annotations
@@ -58,7 +63,6 @@ METRICS = {
 }
 PIPELINE_ONLY = ("clip_score", "prompt_accuracy")
 IMAGE_METRICS = ("frechet", "clip_score", "prompt_accuracy")  # pipeline: on decoded images
-MODEL_KINDS = ("gmm", "pipeline")
 CONTINUOUS = ("karras", "exponential", "polyexponential")  # take sigma_min
 
 
