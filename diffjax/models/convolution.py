@@ -26,8 +26,8 @@ IM2COL_MIN_IN_CHANNELS = 256
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                          precision=None, **kwargs):
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
     """`lax.conv_general_dilated` with a faster lowering of small stride-1 NHWC convs on
     CPU, where XLA's convolution kernel reaches about half its matmul speed; every other
     backend and shape goes to XLA's convolution unchanged. Same signature, same result up to
