@@ -22,7 +22,7 @@ from diffjax.weights.io import WeightsError
 def mini_pipe():
     from diffjax.config import load_config
     from diffjax.pipeline import load_pipeline
-    config = load_config("configs/sample.py", [])
+    config = load_config("diffjax.configs.sample", [])
     config.batch_size = 32
     config.compilation_cache = ""
     return load_pipeline("mini", config)
@@ -31,7 +31,7 @@ def mini_pipe():
 def test_mini_is_the_default_model_and_small():
     from diffjax.config import load_config
     from diffjax.weights.components import packaged_model_dir
-    assert load_config("configs/sample.py", []).model == "mini"
+    assert load_config("diffjax.configs.sample", []).model == "mini"
     folder = packaged_model_dir("mini")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     assert size <= 25e6, f"shipped mini is {size / 1e6:.1f} MB > 25 MB"

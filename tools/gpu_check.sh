@@ -41,7 +41,7 @@ print('tiny sample program compiled in', round(p.compile_seconds(), 2), 's;',
 tail -n 1 "$OUT/precheck.log"
 
 bench() {  # name, timeout, config overrides
-  timeout "$2" python3 -m diffjax.cli bench --config "configs/bench/sd15.py:$3" \
+  timeout "$2" python3 -m diffjax.cli bench --config "diffjax.configs.bench.sd15:$3" \
     --out "/tmp/bench-$1" > "$OUT/bench-$1.log" 2>&1
   local rc=$?
   echo "bench $1: exit $rc, $(left) s left"; tail -n 6 "$OUT/bench-$1.log"
