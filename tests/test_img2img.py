@@ -1,6 +1,7 @@
 """img2img and inpainting on the tiny preset: strength 0 is the VAE round trip, strength 1
 is text-to-image, blending keeps the unmasked latents, the 9-channel inpainting UNet matches
-diffusers, sizes from an aspect ratio, and bad inputs are named."""
+diffusers, bad inputs are named before the model is placed, and `diffjax sample`'s image
+flags (the checks themselves: test_images.py)."""
 
 import dataclasses
 
