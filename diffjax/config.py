@@ -40,6 +40,9 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------
 # get_config(arg) helpers
 # ----------------------------------------------------------------------------------------
+NONFINITE = ("nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
+
+
 def _parse_scalar(text: str, like, key: str):
     """Parse `text` into the type of `like` (the default value), naming `key` on failure."""
     if like is None or isinstance(like, str) and not isinstance(like, bool):
@@ -47,7 +50,9 @@ def _parse_scalar(text: str, like, key: str):
             try:
                 return ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                return text
+                pass
+            # nan, inf: numbers Python's literal syntax lacks (the consumer checks them)
+            return float(text) if text.strip().lower() in NONFINITE else text
         return text
     try:
         if isinstance(like, bool):

@@ -133,3 +133,13 @@ def test_list_override_items_are_typed_like_the_default():
     assert c.samplers == ("euler", "heun")
     with pytest.raises(cfg.ConfigError, match="cannot parse '5,ten'"):
         cfg.apply_override(c, "steps=5,ten")
+
+
+def test_new_keys_of_open_groups_parse_nan_and_inf_as_numbers():
+    """So a sampler option set to nan is refused as NaN (and s_tmax=inf is a number)."""
+    c = cfg.load_config("diffjax.configs.compare.gmm_convergence", [
+        "sampler_options.heun.s_tmax=inf", "sampler_options.heun.s_churn=nan",
+        "sampler_options.heun.s_noise=1.003", "sampler_options.unipc.variant=bh1"])
+    opts = c.sampler_options
+    assert opts.heun.s_tmax == float("inf") and opts.heun.s_churn != opts.heun.s_churn
+    assert opts.heun.s_noise == 1.003 and opts.unipc.variant == "bh1"
