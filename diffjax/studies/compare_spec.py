@@ -7,7 +7,7 @@ checked by `diffjax.config.to_dataclass`; names (samplers, schedules, metrics) a
 sampler options are checked by the runner's plan, which knows the catalogues.
 
 Config.json files written before the spec existed (every committed study under
-experiments/results/) hold the lists as comma-separated strings ("euler,ddim", "5,10,20");
+experiments/results/) hold the lists as comma-separated strings ("euler,ddim", "5,10,20")
 and no `sampler_options`; `upgrade_saved` reads them once, so those studies rerun to the
 same table.
 """
