@@ -12,7 +12,7 @@ about the model. The oracle reads back what `diffjax.data.shapes` draws:
 5. shape = the template (rendered by the same `shape_alpha`) closest to alpha in L2;
    size = that radius against the small/large threshold.
 
-It is validated on >= 1,000 real renders in `tests/test_oracle.py`.
+It is validated on >= 1,000 real renders in `tests/test_shapes_oracle.py`.
 """
 
 from __future__ import annotations
