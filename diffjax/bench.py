@@ -23,7 +23,7 @@ import typing
 
 import numpy as np
 
-from diffjax.config import check_range
+from diffjax.spec import check_range
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; fp32 uses the same table / 2 for TPUs
 # and the TF32 figure for NVIDIA, both as documented by the vendors).

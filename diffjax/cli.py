@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args.config_overrides = overrides
     if overrides and not hasattr(args, "config"):
         parser.error(f"`diffjax {args.command}` takes no --config overrides")
-    from diffjax.config import ConfigError
+    from diffjax.spec import ConfigError
     try:
         return int(args._run(args) or 0)
     except ConfigError as e:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.config import ConfigError, check_range, to_dataclass
+from diffjax.spec import ConfigError, check_range, to_dataclass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,7 +110,8 @@ def test_bench_configs_hold_every_spec_key(name):
     import dataclasses
 
     from diffjax.bench import BenchSpec
-    from diffjax.config import load_config, to_dataclass
+    from diffjax.config import load_config
+    from diffjax.spec import to_dataclass
     config = load_config(name)
     spec = to_dataclass(config, BenchSpec)
     assert set(config.keys()) == {f.name for f in dataclasses.fields(BenchSpec)}
@@ -120,7 +121,8 @@ def test_bench_configs_hold_every_spec_key(name):
 
 def test_bench_spec_names_bad_values():
     from diffjax.bench import BenchSpec
-    from diffjax.config import ConfigError, load_config, to_dataclass
+    from diffjax.config import load_config
+    from diffjax.spec import ConfigError, to_dataclass
     with pytest.raises(ConfigError, match="unknown sampler 'eulr'"):
         to_dataclass(load_config("diffjax.configs.bench.tiny", ["sampler=eulr"]), BenchSpec)
     with pytest.raises(ConfigError, match="steps must be >= 1"):

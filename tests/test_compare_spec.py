@@ -9,7 +9,9 @@ import os
 
 import pytest
 
-from diffjax.config import ConfigError, load_config
+from diffjax.config import load_config
+
+from diffjax.spec import ConfigError
 from diffjax.studies import compare_samplers as runner
 from diffjax.studies.compare_spec import spec_to_dict, study_spec, upgrade_saved
 

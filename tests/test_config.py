@@ -1,10 +1,8 @@
 """Config system: typed get_config args, locked overrides, JSON round trip, dataclass checks."""
 
-import dataclasses
 import glob
 import json
 import os
-import typing
 
 import pytest
 
@@ -79,51 +77,6 @@ def test_packaged_config_by_module_name_is_the_file_config():
         cfg.load_config("configs/sample")
     with pytest.raises(cfg.ConfigError, match="does not exist"):
         cfg.load_config("runs/nope/config.json")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Inner:
-    rate: float = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    steps: int
-    name: typing.Literal["a", "b"] = "a"
-    inner: _Inner = _Inner()
-    shape: tuple[int, ...] = (1,)
-
-    def __post_init__(self):
-        cfg.check_range("steps", self.steps, lo=1)
-
-
-def test_to_dataclass_checks_fields():
-    s = cfg.to_dataclass({"steps": 3, "inner": {"rate": 1}, "shape": [2, 3]}, _Spec)
-    assert s == _Spec(3, "a", _Inner(1.0), (2, 3))
-    with pytest.raises(cfg.ConfigError, match="steps must be >= 1, got 0"):
-        cfg.to_dataclass({"steps": 0}, _Spec)
-    with pytest.raises(cfg.ConfigError, match="name must be one of"):
-        cfg.to_dataclass({"steps": 1, "name": "c"}, _Spec)
-    with pytest.raises(cfg.ConfigError, match="inner.rate must be a number"):
-        cfg.to_dataclass({"steps": 1, "inner": {"rate": "fast"}}, _Spec)
-    with pytest.raises(cfg.ConfigError, match="'stepz'"):
-        cfg.to_dataclass({"steps": 1, "stepz": 2}, _Spec)
-    with pytest.raises(cfg.ConfigError, match="'steps' is required"):
-        cfg.to_dataclass({}, _Spec)
-
-
-def test_config_dict_states_every_field_once():
-    """A config section from the dataclass: its defaults, the given choices, every key
-    present (overridable), and back through to_dataclass unchanged."""
-    c = cfg.config_dict(_Spec, steps=4, shape=(1, 1))
-    assert c.to_dict() == {"steps": 4, "name": "a", "inner": {"rate": 0.1}, "shape": (1, 1)}
-    c.lock()
-    cfg.apply_override(c, "inner.rate=2")
-    assert cfg.to_dataclass(c, _Spec) == _Spec(4, "a", _Inner(2.0), (1, 1))
-    with pytest.raises(cfg.ConfigError, match="_Spec.steps has no default"):
-        cfg.config_dict(_Spec)
-    with pytest.raises(cfg.ConfigError, match="unknown config key 'stepz'"):
-        cfg.config_dict(_Spec, stepz=1)
 
 
 def test_list_override_items_are_typed_like_the_default():

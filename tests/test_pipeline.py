@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.config import ConfigError
+from diffjax.spec import ConfigError
 from diffjax.pipeline import SampleSpec, TextToImage, load_pipeline
 from diffjax.weights.components import preset_components
 from diffjax.weights.io import WeightsError

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from diffjax.cli import main
-from diffjax.config import ConfigError
+from diffjax.spec import ConfigError
 from diffjax.diffusion import samplers
 from diffjax.diffusion.samplers.base import SamplerOptionError, signature_options
 

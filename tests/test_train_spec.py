@@ -10,7 +10,9 @@ import os
 import ml_collections
 import pytest
 
-from diffjax.config import ConfigError, load_config
+from diffjax.config import load_config
+
+from diffjax.spec import ConfigError
 from diffjax.train.spec import (SHAPES_PROMPTS, CLIPRun, UNetRun, VAERun, run_spec,
                                 spec_dict)
 

@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from diffjax.bench import BenchSpec, markdown, run_bench
-    from diffjax.config import load_config, save_config, to_dataclass
+    from diffjax.config import load_config, save_config
+    from diffjax.spec import to_dataclass
     from diffjax.outputs import atomic_write
     config = load_config(args.config, args.config_overrides)
     spec = to_dataclass(config, BenchSpec)

@@ -31,7 +31,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from diffjax.config import ConfigError
+    from diffjax.spec import ConfigError
     from diffjax.studies import compare_samplers
     try:
         config = resolve_config(args)

@@ -50,7 +50,7 @@ import time
 
 import numpy as np
 
-from diffjax.config import ConfigError
+from diffjax.spec import ConfigError
 from diffjax.studies.compare_spec import StudySpec, spec_to_dict, study_spec
 
 METRICS = {

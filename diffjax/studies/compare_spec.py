@@ -3,7 +3,7 @@
 The study's one config path: `diffjax compare` loads a ConfigDict (a packaged study such as
 `diffjax.configs.compare.gmm_convergence`, a file, or a study's saved config.json), and the
 runner turns it into a StudySpec here, once, before anything else reads it. Types are
-checked by `diffjax.config.to_dataclass`; names (samplers, schedules, metrics) and the
+checked by `diffjax.spec.to_dataclass`; names (samplers, schedules, metrics) and the
 sampler options are checked by the runner's plan, which knows the catalogues.
 
 Config.json files written before the spec existed (every committed study under
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from diffjax.config import ConfigError, check_range, to_dataclass
+from diffjax.spec import ConfigError, check_range, to_dataclass
 
 # Keys whose values were comma-separated strings before StudySpec, and the item type.
 SEPARATED_BEFORE_SPEC = {"samplers": str, "steps": int, "guidance_scales": float,

@@ -4,7 +4,7 @@ A training config (diffjax/configs/train/*.py, diffjax/configs/mini/*.py, or a r
 config.json) becomes a `UNetRun`, `VAERun` or `CLIPRun` with `run_spec(config, cls)` at the
 top of the trainer's `train_and_evaluate`; nothing after that reads the ConfigDict. Every
 default lives here, once: the config files build their sections from these classes with
-`diffjax.config.config_dict(cls, **choices)` and state only their choices, and a run's
+`diffjax.spec.config_dict(cls, **choices)` and state only their choices, and a run's
 config.json written before a field existed reads with the field's default.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from diffjax.config import ConfigError, check_range, to_dataclass
+from diffjax.spec import ConfigError, check_range, to_dataclass
 from diffjax.train.state import OptimizerConfig
 
 

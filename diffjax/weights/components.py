@@ -125,7 +125,7 @@ def preset_components(name: str, seed: int = 0, dtype: str = "float32",
 def resolve_clip_skip(requested: int, components: Components, name: str = "clip_skip") -> int:
     """The text layer to condition on: `requested`, or with -1 the one the model declares;
     sampling and training resolve it alike. Errors name the key and the tower's depth."""
-    from diffjax.config import ConfigError
+    from diffjax.spec import ConfigError
     clip_skip = requested if requested >= 0 else components.clip_skip
     layers = components.text_config.num_hidden_layers
     if clip_skip > layers:

@@ -7,7 +7,8 @@ On a 2-core CPU one UNet call takes tens of seconds: keep steps and repeats smal
 """
 
 from diffjax.bench import BenchSpec
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+from diffjax.spec import config_dict
 
 
 def get_config(arg=None):

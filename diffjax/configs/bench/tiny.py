@@ -7,7 +7,7 @@ times, FLOPs (XLA and analytic), MFU against a matmul probe of this CPU.
 """
 
 from diffjax.bench import BenchSpec
-from diffjax.config import config_dict
+from diffjax.spec import config_dict
 
 
 def get_config():

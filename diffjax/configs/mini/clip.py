@@ -18,7 +18,9 @@ the same on 32-token rows as on 77 in fewer FLOPs (diffjax/train/clip_trainer.py
 The recipe, in order: tools/mini_recipe.py and the README.
 """
 
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+
+from diffjax.spec import config_dict
 from diffjax.train.spec import (CheckpointSpec, CLIPModelSpec, CLIPRun, DataSpec,
                                 OptimizerConfig)
 

@@ -15,7 +15,9 @@ seed, clip_skip (the text-tower layer the UNet is conditioned on, as in `diffjax
 -1: the one the model folder declares -- 2 for the shipped mini, 0 for the assembled base).
 """
 
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+
+from diffjax.spec import config_dict
 from diffjax.train.spec import (DataSpec, OptimizerConfig, UNetModelSpec, UNetRun,
                                 UNetTrainSpec)
 

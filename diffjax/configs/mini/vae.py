@@ -12,7 +12,9 @@ trip of 500 test renders, 2,500 steps: plain L1 62.6%, edge-weighted 97.2% -- th
 previous recipe reached 98.6% only with a second 5,000-step decoder-only run.
 """
 
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+
+from diffjax.spec import config_dict
 from diffjax.train.spec import DataSpec, OptimizerConfig, VAEModelSpec, VAERun, VAETrainSpec
 
 DATASET = "data/shapes/r32-train50000-test1000-holdout1000/1.0.0"

@@ -6,7 +6,9 @@ Arg keys: text / vision (CLIP presets; the text tower gets the vision projection
 dataset (built dir or tfds name), steps, batch (the contrastive batch: bigger is harder).
 """
 
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+
+from diffjax.spec import config_dict
 from diffjax.train.spec import (CheckpointSpec, CLIPModelSpec, CLIPRun, DataSpec,
                                 OptimizerConfig)
 

@@ -7,7 +7,9 @@ the UNet to start from), init_from (a finished UNet run whose EMA weights replac
 folder's UNet), dataset (built dir or tfds name), steps, batch.
 """
 
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+
+from diffjax.spec import config_dict
 from diffjax.train.spec import (DataSpec, OptimizerConfig, UNetModelSpec, UNetRun,
                                 UNetTrainSpec)
 

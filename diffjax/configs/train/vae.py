@@ -5,7 +5,9 @@
 Arg keys: model (a VAE preset: tiny, sd), dataset (built dir or tfds name), steps, batch.
 """
 
-from diffjax.config import config_dict, parse_arg
+from diffjax.config import parse_arg
+
+from diffjax.spec import config_dict
 from diffjax.train.spec import DataSpec, OptimizerConfig, VAEModelSpec, VAERun, VAETrainSpec
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffjax.config import ConfigError
+from diffjax.spec import ConfigError
 from diffjax.diffusion.samplers import classic, dpm_solver, unipc_deis
 from diffjax.diffusion.samplers.base import (SamplerInfo, SamplerOptionError,
                                              check_option_value, check_sigmas)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.config import ConfigError
+from diffjax.spec import ConfigError
 
 # Every sampler's leading parameters; whatever follows them is an option.
 POSITIONAL = ("denoise", "x", "sigmas", "key")
