@@ -1,7 +1,7 @@
 """The sampler comparison's config at its boundary (diffjax/studies/compare_spec.py):
-every committed study's config.json (written before StudySpec, with comma-separated
-strings) reads as the same StudySpec the packaged config gives with the same values, and
-bad values are named ConfigErrors before anything runs."""
+every committed study's config.json (those written before StudySpec hold comma-separated
+strings, later ones typed lists) reads as the same StudySpec the packaged config gives
+with the same values, and bad values are named ConfigErrors before anything runs."""
 
 import glob
 import json
@@ -20,31 +20,45 @@ COMMITTED = sorted(glob.glob(os.path.join(REPO, "experiments", "results", "*", "
 SEPARATED = ("samplers", "steps", "guidance_scales", "schedules", "metrics")
 
 
+def _items(value) -> list:
+    """A saved list: a pre-StudySpec comma-separated string or a typed JSON list."""
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
+def _is_pre_spec(path) -> bool:
+    with open(path) as f:
+        return isinstance(json.load(f)["steps"], str)
+
+
 def test_every_committed_study_config_is_found():
     names = {os.path.basename(os.path.dirname(p)) for p in COMMITTED}
     assert {"gmm_convergence", "gmm_exact_endpoint", "gmm_guidance", "mini_samplers"} <= names
+    # the old format's upgrade path stays exercised by committed files
+    assert {"gmm_convergence", "gmm_exact_endpoint", "gmm_guidance"} <= {
+        os.path.basename(os.path.dirname(p)) for p in COMMITTED if _is_pre_spec(p)}
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: os.path.basename(os.path.dirname(p)))
 def test_committed_config_json_reads_as_the_packaged_config(path):
-    """The old strings split into typed tuples, no sampler options, everything else as
+    """The saved lists (old strings or typed lists) as typed tuples, the saved sampler
+    options (none before StudySpec), everything else as
     saved; the packaged config with those values overridden is the same spec, and the
     study's grid plans (names, schedules, reference fineness checked)."""
     with open(path) as f:
         saved = json.load(f)
     spec = study_spec(load_config(path))
     for key in SEPARATED:
-        assert isinstance(saved[key], str)          # still the pre-spec file
         assert [str(v) for v in getattr(spec, key)] == [
-            str(type(getattr(spec, key)[0])(v)) for v in saved[key].split(",")], key
-    assert spec.sampler_options == {}
-    assert spec.steps == tuple(int(n) for n in saved["steps"].split(","))
-    assert spec.guidance_scales == tuple(float(g) for g in saved["guidance_scales"].split(","))
+            str(type(getattr(spec, key)[0])(v)) for v in _items(saved[key])], key
+    assert spec.sampler_options == saved.get("sampler_options", {})
+    assert spec.steps == tuple(int(n) for n in _items(saved["steps"]))
+    assert spec.guidance_scales == tuple(float(g) for g in _items(saved["guidance_scales"]))
     assert spec_to_dict(spec)["reference"] == saved["reference"]
     assert spec_to_dict(spec)["model"] == saved["model"]
     packaged = ("diffjax.configs.compare.mini_samplers" if saved["model"]["kind"] == "pipeline"
                 else "diffjax.configs.compare.gmm_convergence")
-    overrides = [f"{k}={saved[k]}" for k in ("name", "out", *SEPARATED, "seeds", "fit_last")]
+    overrides = [f"{k}={','.join(map(str, _items(saved[k])))}" for k in SEPARATED]
+    overrides += [f"{k}={saved[k]}" for k in ("name", "out", "seeds", "fit_last")]
     overrides += [f"reference.{k}={v}" for k, v in saved["reference"].items()]
     assert spec_to_dict(study_spec(load_config(packaged, overrides))) == spec_to_dict(spec)
     plan = runner.make_plan(spec)
