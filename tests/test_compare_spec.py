@@ -41,9 +41,9 @@ def test_every_committed_study_config_is_found():
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: os.path.basename(os.path.dirname(p)))
 def test_committed_config_json_reads_as_the_packaged_config(path):
     """The saved lists (old strings or typed lists) as typed tuples, the saved sampler
-    options (none before StudySpec), everything else as
-    saved; the packaged config with those values overridden is the same spec, and the
-    study's grid plans (names, schedules, reference fineness checked)."""
+    options (none before StudySpec), everything else as saved; the packaged config with
+    those values overridden is the same spec, and the study's grid plans (names,
+    schedules, reference fineness checked)."""
     with open(path) as f:
         saved = json.load(f)
     spec = study_spec(load_config(path))
