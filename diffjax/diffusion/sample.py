@@ -42,13 +42,6 @@ def noise_to_x_T(noise, sigma_max, init_scale: str = "ve"):
     return noise * scale.astype(noise.dtype)
 
 
-def initial_noise(seed, shape, sigma_max, init_scale="ve", dtype=jnp.float32):
-    """x_T for one seed (see `noise_to_x_T`)."""
-    _check_init_scale(init_scale)
-    noise_key, _ = seed_keys(seed)
-    return noise_to_x_T(jax.random.normal(noise_key, shape, dtype), sigma_max, init_scale)
-
-
 @dataclasses.dataclass(frozen=True)
 class FromNoise:
     """Text-to-image: x_T is the seed's noise at sigma_max; the denoiser and the result
