@@ -23,6 +23,15 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import reference_imports  # noqa: E402
+
+# The CPU torch cannot load PyPI's torchvision ops: torchvision imports without them, here
+# and in the subprocesses tests start (tests/reference_imports.py says why).
+reference_imports.install_torchvision_finder()
+_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SITE, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
 if os.environ["JAX_PLATFORMS"] == "cpu":
     assert jax.device_count() == 8, "conftest must run before anything imports jax"
 

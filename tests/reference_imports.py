@@ -10,28 +10,63 @@ the dev extra pins (`torch==2.13.0+cpu`).
 - k-diffusion: the package's `__init__` imports its training code (clip-anytorch, which
   needs `pkg_resources`); the references need only `k_diffusion/sampling.py` and the
   `utils.py` it imports, so those two modules are loaded from the installed package
-  without running `__init__`. Its newest release (0.1.1) cannot be installed beside
+  without running `__init__`.
+- Subprocesses (CLI tests running `--vs diffusers`) get the same torchvision import from
+  `tests/site/sitecustomize.py`, which tests/conftest.py puts on their PYTHONPATH. Its newest release (0.1.1) cannot be installed beside
   numpy 2 (dctorch pins numpy<2); 0.0.16's `sampling.py` has every sampler the tests use.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 import types
 
 
+class _TorchvisionWithoutOps(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `torchvision` as usual and runs its `__init__` with torch's fake-kernel
+    registration switched off, whoever imports it first (transformers and diffusers probe
+    it when they import their image processors)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torchvision":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None:
+            return None
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        import torch.library
+        register_fake = torch.library.register_fake
+        torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            torch.library.register_fake = register_fake
+
+
+def install_torchvision_finder():
+    """Make every later `import torchvision` in this process go through
+    `_TorchvisionWithoutOps` (tests/site/sitecustomize.py does it in subprocesses)."""
+    if not any(isinstance(f, _TorchvisionWithoutOps) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionWithoutOps())
+
+
 def import_torchvision():
     """torchvision, imported without its C++ ops (see the module docstring)."""
-    if "torchvision" in sys.modules:
-        return sys.modules["torchvision"]
-    import torch.library
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision
-    finally:
-        torch.library.register_fake = register_fake
+    install_torchvision_finder()
+    import torchvision
     return torchvision
 
 

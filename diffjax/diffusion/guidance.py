@@ -2,7 +2,9 @@
 
 `guided_model(network, scale, rescale)` turns `network(x, t, context)` (batched) into
 `model(x_in, t, context, uncond_context)` (one sample), the `model` that
-`denoisers.vp_denoiser` wraps. Guidance acts on the network's own prediction (eps or v), as
+`denoisers.vp_denoiser` wraps. A context is any pytree of per-sample arrays (SD1/SD2: the
+text encoder's hidden states; SDXL adds the pooled embedding and the time ids), so extra
+conditioning travels the same path. Guidance acts on the network's own prediction (eps or v), as
 diffusers does, so guidance rescale means the same thing as there. Every caller goes
 through this one function, whatever the scale: scale 1 is the unguided network.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 
@@ -36,7 +39,7 @@ def cfg_model(network: Callable, guidance_scale: float, guidance_rescale: float 
     def guided(x_in, t, context, uncond_context):
         xs = jnp.stack([x_in, x_in])
         ts = jnp.stack([t, t])
-        ctx = jnp.stack([context, uncond_context])
+        ctx = jax.tree.map(lambda c, u: jnp.stack([c, u]), context, uncond_context)
         cond_pred, uncond_pred = network(xs, ts, ctx)
         out = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
         if guidance_rescale > 0:
@@ -51,5 +54,6 @@ def guided_model(network: Callable, guidance_scale: float, guidance_rescale: flo
     prediction is the conditional one, so the network runs once on a batch of one (half
     the work of `cfg_model`) and the uncond context is not used."""
     if guidance_scale == 1.0:
-        return lambda x, t, ctx, unctx: network(x[None], t[None], ctx[None])[0]  # noqa: E731
+        return lambda x, t, ctx, unctx: network(  # noqa: E731
+            x[None], t[None], jax.tree.map(lambda c: c[None], ctx))[0]
     return cfg_model(network, guidance_scale, guidance_rescale)
