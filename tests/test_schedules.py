@@ -174,3 +174,157 @@ def test_interp_loop_free_equals_jnp_interp():
     got, want = interp_loop_free(x, xp, fp), jnp.interp(x, xp, fp)
     assert got.shape == want.shape == x.shape
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# ComfyUI's schedulers and Align Your Steps, against their reference code re-run in float64
+# (ComfyUI cannot be installed here; each reference below is ComfyUI's comfy/samplers.py
+# function transcribed line for line with python floats, or NVIDIA's / ComfyUI's numpy
+# code). Tolerance 1e-6 relative (the issue's); measured <= 1e-12: both sides are float64.
+# ----------------------------------------------------------------------------------------
+def _comfy_sigma(t, log_sigmas):
+    """ComfyUI ModelSamplingDiscrete.sigma: floor/ceil/frac log-sigma interpolation."""
+    t = min(max(float(t), 0.0), len(log_sigmas) - 1)
+    lo, hi = int(np.floor(t)), int(np.ceil(t))
+    w = t - np.floor(t)
+    return float(np.exp((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]))
+
+
+def _comfy_timestep(sigma, log_sigmas):
+    """ComfyUI ModelSamplingDiscrete.timestep: the nearest training log-sigma's index."""
+    return int(np.argmin(np.abs(np.log(sigma) - log_sigmas)))
+
+
+def _ref_simple(s, steps):
+    sigs, ss = [], len(s) / steps
+    for x in range(steps):
+        sigs += [float(s[-(1 + int(x * ss))])]
+    return sigs + [0.0]
+
+
+def _ref_ddim_uniform(s, steps):
+    x, sigs = 1, [0.0]
+    ss = max(len(s) // steps, 1)
+    while x < len(s):
+        sigs += [float(s[x])]
+        x += ss
+    return sigs[::-1]
+
+
+def _ref_normal(s, steps, sgm=False):
+    ls = np.log(s)
+    start, end = _comfy_timestep(s[-1], ls), _comfy_timestep(s[0], ls)
+    ts = np.linspace(start, end, steps + 1)[:-1] if sgm else np.linspace(start, end, steps)
+    return [_comfy_sigma(t, ls) for t in ts] + [0.0]
+
+
+def _ref_beta(s, steps, alpha=0.6, beta=0.6):
+    import scipy.stats
+    total = len(s) - 1
+    ts = 1 - np.linspace(0, 1, steps, endpoint=False)
+    ts = np.rint(scipy.stats.beta.ppf(ts, alpha, beta) * total)
+    sigs, last = [], -1
+    for t in ts:
+        if t != last:
+            sigs += [float(s[int(t)])]
+        last = t
+    return sigs + [0.0]
+
+
+def _ref_linear_quadratic(s, steps, threshold_noise=0.025, linear_steps=None):
+    if steps == 1:
+        sched = [1.0, 0.0]
+    else:
+        if linear_steps is None:
+            linear_steps = steps // 2
+        lin = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+        diff = linear_steps - threshold_noise * steps
+        quad_steps = steps - linear_steps
+        qc = diff / (linear_steps * quad_steps ** 2)
+        lc = threshold_noise / linear_steps - 2 * diff / (quad_steps ** 2)
+        const = qc * (linear_steps ** 2)
+        quad = [qc * (i ** 2) + lc * i + const for i in range(linear_steps, steps)]
+        sched = [1.0 - x for x in lin + quad + [1.0]]
+    return [x * float(s[-1]) for x in sched]
+
+
+def _ref_kl_optimal(s, n):
+    adj = np.arange(n, dtype=np.float64) / (n - 1)
+    return list(np.tan(adj * np.arctan(s[0]) + (1 - adj) * np.arctan(s[-1]))) + [0.0]
+
+
+def _ref_ays(levels, steps):
+    sigmas = list(levels)
+    if steps + 1 != len(sigmas):
+        xs = np.linspace(0, 1, len(sigmas))
+        ys = np.log(sigmas[::-1])
+        sigmas = np.exp(np.interp(np.linspace(0, 1, steps + 1), xs, ys))[::-1].copy()
+    sigmas[-1] = 0
+    return list(sigmas)
+
+
+COMFY_CASES = [
+    ("simple", _ref_simple), ("ddim_uniform", _ref_ddim_uniform), ("normal", _ref_normal),
+    ("sgm_uniform", lambda s, n: _ref_normal(s, n, sgm=True)), ("beta", _ref_beta),
+    ("linear_quadratic", _ref_linear_quadratic), ("kl_optimal", _ref_kl_optimal),
+    ("ays_sd15", lambda s, n: _ref_ays(schedules.AYS_NOISE_LEVELS["sd15"], n)),
+    ("ays_sdxl", lambda s, n: _ref_ays(schedules.AYS_NOISE_LEVELS["sdxl"], n)),
+]
+
+
+@pytest.mark.parametrize("name, ref", COMFY_CASES, ids=[c[0] for c in COMFY_CASES])
+def test_comfy_and_ays_schedules_equal_their_reference_code(name, ref):
+    """SD's training sigmas and the zero-terminal-SNR ones (a 4096 top sigma), steps 2..50
+    including non-divisors of 1000 (where ddim_uniform gains a step and beta drops repeats)."""
+    for sig in (R.TRAIN_SIGMAS,
+                schedules.sigmas_from_alphas_cumprod(schedules.alphas_cumprod_for(
+                    zero_terminal_snr=True))):
+        for steps in (2, 5, 7, 10, 13, 20, 33, 50):
+            with jax.enable_x64(True):
+                got = np.asarray(schedules.make_sigmas(name, steps, sig))
+            want = np.asarray(ref(np.asarray(sig, np.float64), steps), np.float64)
+            assert got.shape == want.shape, (name, steps, got.shape, want.shape)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg=f"{name} {steps}")
+            assert got[-1] == 0.0 and np.all(np.diff(got) < 0)
+
+
+def test_comfy_step_counts_are_comfy_s():
+    """ddim_uniform at N = 7 visits t = 1, 143, ..., 995: 8 steps; beta merges equal rounded
+    timesteps at large N (199 steps for N = 200; ComfyUI's behaviour, kept)."""
+    assert len(schedules.make_sigmas("ddim_uniform", 7, R.TRAIN_SIGMAS)) == 9
+    assert len(schedules.make_sigmas("beta", 200, R.TRAIN_SIGMAS)) == 200
+
+
+def test_beta_quantile_without_scipy_equals_scipy():
+    """beta_ppf (bisection on a continued-fraction incomplete beta) against scipy's
+    beta.ppf: 1e-12 absolute (measured 7e-15), the edges included."""
+    import scipy.stats
+    q = np.concatenate([[0.0, 1e-12, 1e-6], np.linspace(0, 1, 21)[1:-1], [1 - 1e-6, 1.0]])
+    for a, b in [(0.6, 0.6), (0.5, 2.0), (3.0, 0.7), (1.0, 1.0)]:
+        np.testing.assert_allclose(schedules.beta_ppf(q, a, b), scipy.stats.beta.ppf(q, a, b),
+                                   rtol=0, atol=1e-12)
+
+
+def test_ays_levels_are_nvidias_published_ones():
+    """ComfyUI's 10-step levels are SD's training sigmas at NVIDIA's published AYS timesteps
+    (SD 1.5: 999 850 736 645 545 455 343 233 124 24 0; SDXL: 999 845 730 587 443 310 193
+    116 53 13 0): 1e-8 relative (the table's 10 decimals; measured 1.7e-9). 10 steps use
+    the table as is."""
+    published = {"sd15": [999, 850, 736, 645, 545, 455, 343, 233, 124, 24, 0],
+                 "sdxl": [999, 845, 730, 587, 443, 310, 193, 116, 53, 13, 0]}
+    for model, ts in published.items():
+        np.testing.assert_allclose(schedules.AYS_NOISE_LEVELS[model], R.TRAIN_SIGMAS[ts],
+                                   rtol=1e-8)
+        g = schedules.ays_sigmas(10, model)
+        np.testing.assert_array_equal(g[:10], schedules.AYS_NOISE_LEVELS[model][:10])
+
+
+def test_comfy_schedule_errors_are_named():
+    with pytest.raises(ValueError, match="schedule 'simple' ends at sigma = 0 only"):
+        schedules.make_sigmas("simple", 5, R.TRAIN_SIGMAS, final="sigma_min")
+    with pytest.raises(ValueError, match="schedule 'beta' got unexpected options \\['rho'\\]"):
+        schedules.make_sigmas("beta", 5, R.TRAIN_SIGMAS, rho=3.0)
+    with pytest.raises(ValueError, match="ays model 'sd3' is not one of sd15, sdxl"):
+        schedules.ays_sigmas(5, "sd3")
+    g = np.asarray(schedules.make_sigmas("kl_optimal", 6, R.TRAIN_SIGMAS, final="sigma_min"))
+    np.testing.assert_allclose(g[-1], R.TRAIN_SIGMAS[0], rtol=1e-6)

@@ -172,6 +172,167 @@ def uniform_t_sigmas(steps: int, train_sigmas, final: str = "zero"):
     return np.exp(np.interp(np.linspace(len(ls) - 1, 0, steps + 1), np.arange(len(ls)), ls))
 
 
+# ----------------------------------------------------------------------------------------
+# ComfyUI's schedulers (comfy/samplers.py) and Align Your Steps, each ending with 0
+# ----------------------------------------------------------------------------------------
+def simple_sigmas(steps: int, train_sigmas):
+    """ComfyUI `simple_scheduler`: every (T/N)-th training sigma from the top, then 0:
+    sigma_i = train_sigmas[T - 1 - int(i T / N)]."""
+    _check_steps(steps)
+    ts = np.asarray(train_sigmas, np.float64)
+    T = len(ts)
+    return np.asarray([ts[-(1 + int(i * (T / steps)))] for i in range(steps)] + [0.0])
+
+
+def ddim_uniform_sigmas(steps: int, train_sigmas):
+    """ComfyUI `ddim_scheduler`: training sigmas at t = 1, 1 + T//N, 1 + 2 T//N, ... < T,
+    reversed, then 0. As in ComfyUI the grid can have MORE than N steps when T//N does not
+    divide T - 1 (e.g. 8 steps for N = 7 at T = 1000)."""
+    _check_steps(steps)
+    ts = np.asarray(train_sigmas, np.float64)
+    ss = max(len(ts) // steps, 1)
+    return np.concatenate([ts[1::ss][::-1], [0.0]])
+
+
+def normal_sigmas(steps: int, train_sigmas, sgm: bool = False):
+    """ComfyUI `normal_scheduler`: timesteps evenly from t(sigma_max) = T-1 to t(sigma_min)
+    = 0 mapped through the log-sigma interpolation (ComfyUI's ModelSamplingDiscrete.sigma),
+    then 0. sgm=True (`sgm_uniform`) takes N + 1 points and drops the last (SGM/SDXL's
+    Euler "trailing"-like grid)."""
+    _check_steps(steps)
+    ls = np.log(np.asarray(train_sigmas, np.float64))
+    T = len(ls)
+    t = np.linspace(T - 1, 0, steps + 1)[:-1] if sgm else np.linspace(T - 1, 0, steps)
+    return np.concatenate([np.exp(np.interp(t, np.arange(T), ls)), [0.0]])
+
+
+def _betacf(a: float, b: float, x: np.ndarray) -> np.ndarray:
+    """Continued fraction of the regularized incomplete beta (modified Lentz; Press et al.,
+    Numerical Recipes 6.4), converged to float64 rounding for 0 < x < (a+1)/(a+b+2)."""
+    tiny = 1e-300
+    c = np.ones_like(x)
+    d = 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+    h = d.copy()
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+            c = 1.0 + num / c
+            c = np.where(np.abs(c) < tiny, tiny, c)
+            h = h * d * c
+        if np.all(np.abs(d * c - 1.0) < 1e-16):
+            break
+    return h
+
+
+def beta_cdf(x, a: float, b: float) -> np.ndarray:
+    """Regularized incomplete beta I_x(a, b) in float64 (no scipy at run time)."""
+    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
+    if x.ndim == 0:
+        return beta_cdf(x[None], a, b)[0]
+    inner = np.clip(x, 1e-300, 1.0 - 1e-16)
+    lbeta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    front = np.exp(a * np.log(inner) + b * np.log1p(-inner) - lbeta)
+    low = inner < (a + 1.0) / (a + b + 2.0)   # where the direct fraction converges fast
+    out = np.empty_like(inner)
+    out[low] = front[low] * _betacf(a, b, inner[low]) / a
+    out[~low] = 1.0 - front[~low] * _betacf(b, a, 1.0 - inner[~low]) / b
+    return np.where(x <= 0.0, 0.0, np.where(x >= 1.0, 1.0, out))
+
+
+def beta_ppf(q, a: float, b: float) -> np.ndarray:
+    """Quantile of Beta(a, b) (scipy.stats.beta.ppf) by bisection on `beta_cdf`: 64 halvings
+    of [0, 1] reach float64 resolution; the cdf is monotone, so bisection cannot fail."""
+    q = np.asarray(q, np.float64)
+    lo, hi = np.zeros_like(q), np.ones_like(q)
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        below = beta_cdf(mid, a, b) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return np.where(q <= 0.0, 0.0, np.where(q >= 1.0, 1.0, (lo + hi) / 2))
+
+
+def beta_sigmas(steps: int, train_sigmas, alpha: float = 0.6, beta: float = 0.6):
+    """ComfyUI `beta_scheduler` (Lee et al. 2024, "Beta Sampling is All You Need",
+    arXiv:2407.12173): timesteps at the Beta(alpha, beta) quantiles of 1 - i/N, rounded to
+    integers; a timestep equal to the previous one is dropped (so the grid can have fewer
+    than N steps, as in ComfyUI); then 0."""
+    _check_steps(steps)
+    ts = np.asarray(train_sigmas, np.float64)
+    q = 1.0 - np.linspace(0.0, 1.0, steps, endpoint=False)
+    # quantiles rounded to 1e-12 first: the bisection leaves float64 noise, and an exact
+    # quantile of 1/2 (alpha = beta, N even) must round like scipy's 0.5 (499.5 -> 500)
+    t = np.rint(np.round(beta_ppf(q, alpha, beta), 12) * (len(ts) - 1)).astype(np.int64)
+    keep = np.concatenate([[True], t[1:] != t[:-1]])
+    return np.concatenate([ts[t[keep]], [0.0]])
+
+
+def linear_quadratic_sigmas(steps: int, sigma_max: float, threshold_noise: float = 0.025,
+                            linear_steps: int = 0):
+    """ComfyUI `linear_quadratic_schedule` (from Mochi, genmoai/models infer.py): the noise
+    fraction 1 - s rises linearly to threshold_noise over the first linear_steps (0: N // 2)
+    steps, then quadratically to 1; sigma = s * sigma_max."""
+    _check_steps(steps)
+    if steps == 1:
+        return np.asarray([sigma_max, 0.0])
+    lin = linear_steps or steps // 2
+    lin_part = [i * threshold_noise / lin for i in range(lin)]
+    diff = lin - threshold_noise * steps
+    quad = steps - lin
+    qc = diff / (lin * quad ** 2)
+    lc = threshold_noise / lin - 2 * diff / quad ** 2
+    const = qc * lin ** 2
+    quad_part = [qc * i ** 2 + lc * i + const for i in range(lin, steps)]
+    return (1.0 - np.asarray(lin_part + quad_part + [1.0])) * sigma_max
+
+
+def kl_optimal_sigmas(steps: int, sigma_min: float, sigma_max: float):
+    """ComfyUI `kl_optimal_scheduler` (AUTOMATIC1111 PR #15608; Sabour et al. 2024, "Align
+    Your Steps", eq. for the KL-optimal schedule): evenly spaced in arctan(sigma)."""
+    _check_steps(steps)
+    w = np.arange(steps) / max(steps - 1, 1)
+    return np.concatenate([np.tan(w * math.atan(sigma_min) + (1 - w) * math.atan(sigma_max)),
+                           [0.0]])
+
+
+# Align Your Steps (Sabour et al. 2024): NVIDIA's published 10-step noise levels for SD 1.5
+# and SDXL (research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html; the values as in
+# ComfyUI comfy_extras/nodes_align_your_steps.py NOISE_LEVELS).
+AYS_NOISE_LEVELS = {
+    "sd15": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177,
+             1.3943805092, 0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662,
+             0.0291671582),
+    "sdxl": (14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945,
+             0.8620721141, 0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177,
+             0.0291671582),
+}
+
+
+def loglinear_interp(levels, num: int) -> np.ndarray:
+    """NVIDIA's `loglinear_interp`: resample a decreasing sequence to `num` points, linear
+    in log value over an even [0, 1] parameter."""
+    levels = np.asarray(levels, np.float64)
+    xs = np.linspace(0, 1, len(levels))
+    ys = np.log(levels[::-1])
+    return np.exp(np.interp(np.linspace(0, 1, num), xs, ys))[::-1].copy()
+
+
+def ays_sigmas(steps: int, model: str = "sd15"):
+    """Align Your Steps as ComfyUI's AlignYourStepsScheduler builds it: the 11 published
+    levels, log-linearly resampled to N + 1 when N != 10, the last replaced by 0."""
+    _check_steps(steps)
+    if model not in AYS_NOISE_LEVELS:
+        raise ValueError(f"ays model {model!r} is not one of {', '.join(AYS_NOISE_LEVELS)}")
+    levels = np.asarray(AYS_NOISE_LEVELS[model], np.float64)
+    if steps + 1 != len(levels):
+        levels = loglinear_interp(levels, steps + 1)
+    levels = levels.copy()
+    levels[-1] = 0.0
+    return levels
+
+
 def _check_steps(steps: int) -> None:
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -192,6 +353,16 @@ def _continuous(fn):
     return grid
 
 
+def _zero_final(name, fn):
+    """A grid defined only with a final sigma of 0 (ComfyUI's schedulers, AYS)."""
+    def grid(steps, train_sigmas, final="zero", **kw):
+        if final != "zero":
+            raise ValueError(f"schedule {name!r} ends at sigma = 0 only (final='zero'), got "
+                             f"final={final!r}")
+        return fn(steps, train_sigmas, **kw)
+    return grid
+
+
 # name -> grid(steps, train_sigmas, final=..., **options) -> float64 [steps + 1], for models
 # with discrete training timesteps (every SD model). Continuous grids span the model's own
 # sigma range unless sigma_min / sigma_max are given.
@@ -205,6 +376,19 @@ SCHEDULES = {
     "leading": _spacing("leading"),
     "trailing": _spacing("trailing"),
     "linspace": _spacing("linspace"),
+    # ComfyUI's (comfy/samplers.py SCHEDULER_HANDLERS) and Align Your Steps; final="zero" only
+    "simple": _zero_final("simple", lambda n, ts: simple_sigmas(n, ts)),
+    "ddim_uniform": _zero_final("ddim_uniform", lambda n, ts: ddim_uniform_sigmas(n, ts)),
+    "normal": _zero_final("normal", lambda n, ts: normal_sigmas(n, ts)),
+    "sgm_uniform": _zero_final("sgm_uniform", lambda n, ts: normal_sigmas(n, ts, sgm=True)),
+    "beta": _zero_final("beta", lambda n, ts, alpha=0.6, beta=0.6:
+                        beta_sigmas(n, ts, alpha, beta)),
+    "linear_quadratic": _zero_final(
+        "linear_quadratic", lambda n, ts, threshold_noise=0.025, linear_steps=0:
+        linear_quadratic_sigmas(n, float(ts[-1]), threshold_noise, linear_steps)),
+    "kl_optimal": _continuous(kl_optimal_sigmas),
+    "ays_sd15": _zero_final("ays_sd15", lambda n, ts: ays_sigmas(n, "sd15")),
+    "ays_sdxl": _zero_final("ays_sdxl", lambda n, ts: ays_sigmas(n, "sdxl")),
 }
 FINALS = ("zero", "sigma_min")
 
@@ -217,7 +401,9 @@ def make_sigmas(schedule: str, steps: int, train_sigmas, *, final: str = "zero",
       ends at the schedule's smallest sigma instead (diffusers' DDIM/PNDM with
       set_alpha_to_one=False end at sigma(t=0); continuous grids then take steps + 1 points).
     options: steps_offset (spacings); sigma_min, sigma_max, rho (karras, polyexponential);
-      beta_d, beta_min, eps_s (vp).
+      sigma_min, sigma_max (exponential, kl_optimal); beta_d, beta_min, eps_s (vp); alpha,
+      beta (beta); threshold_noise, linear_steps (linear_quadratic). ComfyUI's ddim_uniform
+      and beta can return a grid of more / fewer than `steps` steps, as ComfyUI's do.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
