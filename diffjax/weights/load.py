@@ -17,10 +17,13 @@ from diffjax.weights.diffusers_folder import load_sd_folder
 
 
 def load(source: str, dtype: str = "float32", attention: str = "auto",
-         seed: int = 0) -> Components:
+         seed: int = 0, prediction_type: str | None = None,
+         allow_pickle: bool = False) -> Components:
     """The model `source` names, its networks computing in `dtype` with the `attention`
     kernel (params stay float32); `seed` draws a preset's random weights. Errors
-    (`WeightsError`) name what `source` was expected to be."""
+    (`WeightsError`) name what `source` was expected to be. A single-file checkpoint
+    (`weights.single_file`) may need `prediction_type` (SD 2.x); pickle files are read
+    only with `allow_pickle` (`weights.pickle_reader`)."""
     if source in PACKAGED_MODELS and not os.path.exists(source):
         comps = load_sd_folder(packaged_model_dir(source), dtype, attention)
         comps.name = source
@@ -29,4 +32,7 @@ def load(source: str, dtype: str = "float32", attention: str = "auto",
         return preset_components(source, seed, dtype, attention)
     if is_checkpoint(source):
         return load_checkpoint(source, dtype, attention)
+    from diffjax.weights.single_file import is_single_file, load_single_file
+    if is_single_file(source):
+        return load_single_file(source, dtype, attention, prediction_type, allow_pickle)
     return load_sd_folder(source, dtype, attention)   # named errors for anything else
