@@ -1,0 +1,199 @@
+"""LoRA: kohya/A1111 and diffusers/PEFT files, LoCon conv layers, text-encoder LoRA, two LoRAs
+at scales 0.7 and -0.3, against diffusers' own `load_lora_weights` + `set_adapters` +
+`fuse_lora` on a tiny random SD 1.x pipeline.
+
+The files are written here: one in kohya's naming (attention, feed-forward, 3x3 and 1x1
+conv (LoCon), time-embedding projection and text-encoder layers, alphas != rank), one in
+diffusers/PEFT naming (lora_A/lora_B, conv too, no alpha). Checks: the fused weights equal
+diffusers' fused state dicts (through our converter) within 1e-5 x max|W| (float32 matmul
+order only), and the sampled latents of the pipeline with diffjax's fused params (fused on
+the devices, sharded) equal those of the pipeline loaded from diffusers' fused weights
+within 1e-4 x max|ref| (float32; the same program on weights that differ by rounding).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+try:  # dev extra: the reference needs torch, diffusers and peft
+    import torch
+except ModuleNotFoundError:
+    torch = None
+
+import jax
+
+from diffjax.weights import lora
+from diffjax.weights.io import save_state_dict
+
+SCALES = (0.7, -0.3)
+RANK = 4
+
+
+def _tiny_diffusers_pipeline():
+    import diffusers
+    import transformers
+
+    from diffjax.text import default_tokenizer_dir
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+        attention_head_dim=(2, 4), cross_attention_dim=32, norm_num_groups=8)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
+        latent_channels=4, sample_size=32)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77))
+    return diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text.eval(),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(default_tokenizer_dir()),
+        unet=unet, scheduler=diffusers.EulerDiscreteScheduler(), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+
+
+def _pair(rng, out_shape, in_shape, rank=RANK):
+    """(down, up) of a LoRA for a weight [out, in(, k, k)]: conv-shaped for convs."""
+    out, rest = out_shape[0], in_shape
+    down = rng.standard_normal((rank, *rest)).astype(np.float32) * 0.3
+    up = rng.standard_normal((out, rank) + ((1, 1) if len(rest) == 3 else ())
+                             ).astype(np.float32) * 0.3
+    return down, up
+
+
+# module (diffusers name) -> in shape of its weight (out from the model)
+KOHYA_MODULES = [
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0",
+    "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj",
+    "down_blocks.0.attentions.0.proj_in",            # 1x1 conv (use_linear_projection off)
+    "down_blocks.0.resnets.0.conv1",                 # 3x3 conv: LoCon
+    "up_blocks.1.resnets.1.conv_shortcut",           # 1x1 conv
+    "down_blocks.1.resnets.0.time_emb_proj",
+]
+KOHYA_TEXT = ["text_model.encoder.layers.0.self_attn.q_proj", "text_model.encoder.layers.1.mlp.fc1"]
+PEFT_MODULES = [
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",   # shared with kohya
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "up_blocks.1.attentions.1.transformer_blocks.0.attn1.to_v",
+    "up_blocks.1.resnets.0.conv2",                                  # 3x3 conv
+]
+PEFT_TEXT = ["text_model.encoder.layers.0.self_attn.q_proj", "text_model.encoder.layers.1.self_attn.out_proj"]
+
+
+def _write_loras(pipe, root):
+    rng = np.random.default_rng(0)
+    unet_sd = {k: v.numpy() for k, v in pipe.unet.state_dict().items()}
+    text_sd = {k: v.numpy() for k, v in pipe.text_encoder.state_dict().items()}
+    text_sd = {(k if k.startswith("text_model.") else "text_model." + k): v
+               for k, v in text_sd.items()}
+    kohya = {}
+    for sd, modules, prefix in ((unet_sd, KOHYA_MODULES, "lora_unet_"),
+                                (text_sd, KOHYA_TEXT, "lora_te_")):
+        for i, m in enumerate(modules):
+            w = sd[m + ".weight"]
+            down, up = _pair(rng, w.shape, w.shape[1:])
+            name = prefix + m.replace(".", "_")
+            kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                          f"{name}.alpha": np.asarray(2.0 + i, np.float32)})
+    peft = {}
+    for sd, modules, prefix in ((unet_sd, PEFT_MODULES, "unet."),
+                                (text_sd, PEFT_TEXT, "text_encoder.")):
+        for m in modules:
+            w = sd[m + ".weight"]
+            down, up = _pair(rng, w.shape, w.shape[1:])
+            peft.update({f"{prefix}{m}.lora_A.weight": down, f"{prefix}{m}.lora_B.weight": up})
+    paths = [os.path.join(root, "kohya_style.safetensors"),
+             os.path.join(root, "peft_style.safetensors")]
+    save_state_dict(kohya, paths[0])
+    save_state_dict(peft, paths[1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (dev extra)")
+    root = tmp_path_factory.mktemp("lora")
+    pipe = _tiny_diffusers_pipeline()
+    folder = str(root / "base")
+    pipe.save_pretrained(folder, safe_serialization=True)
+    paths = _write_loras(pipe, str(root))
+    for path, name in zip(paths, ("kohya", "peft")):
+        pipe.load_lora_weights(path, adapter_name=name)
+    pipe.set_adapters(["kohya", "peft"], adapter_weights=list(SCALES))
+    pipe.fuse_lora(adapter_names=["kohya", "peft"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    fused = str(root / "fused")
+    pipe.save_pretrained(fused, safe_serialization=True)
+    return folder, fused, paths
+
+
+@pytest.mark.parity
+def test_fused_params_and_latents_equal_diffusers(setup):
+    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.weights.diffusers_folder import load_sd_folder
+    folder, fused, paths = setup
+    ref = load_sd_folder(fused)
+    ours = load_sd_folder(folder)
+    specs = [lora.LoraSpec(p, s) for p, s in zip(paths, SCALES)]
+    deltas, hashes = lora.load_loras(ours, specs)
+    assert set(hashes) == {"kohya_style", "peft_style"}
+    assert len(deltas) == len(set(KOHYA_MODULES) | set(PEFT_MODULES)) + \
+        len(set(KOHYA_TEXT) | set(PEFT_TEXT))
+    host = load_sd_folder(folder)
+    lora.fuse_host(host, deltas)
+    for field in ("unet_params", "text_params"):
+        for a, b in zip(jax.tree.leaves(getattr(host, field)),
+                        jax.tree.leaves(getattr(ref, field))):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.abs(b).max()))
+    spec = SampleSpec(sampler="euler", steps=4, batch_size=8, mesh_shape=(-1, 1, 1))
+    prompts, seeds = ["a red square"] * 2, [0, 1]
+    want = TextToImage(ref, spec, output="latents")(prompts, seeds)
+    pipe = TextToImage(ours, spec, output="latents")         # the base weights, placed
+    pipe.params = lora.fuse_placed(pipe.params, deltas)       # fused on the devices
+    got = pipe(prompts, seeds)
+    base = TextToImage(load_sd_folder(folder), spec, output="latents")(prompts, seeds)
+    scale = float(np.abs(want).max())
+    assert float(np.abs(base - want).max()) > 1e-2 * scale      # the LoRAs do change things
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
+
+
+# ------------------------------------------------------------------ without a reference
+def test_delta_rule_and_errors():
+    """kohya's rule scale * alpha / rank * up @ down against float64 numpy, for a linear
+    and a 3x3 conv (in flax layout), and every way a file can fail to fit."""
+    from diffjax.weights.components import preset_components
+    from diffjax.weights.mapping import get_path
+    c = preset_components("tiny")
+    rng = np.random.default_rng(1)
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    conv = "down_blocks.0.resnets.0.conv1"
+    dq, uq = _pair(rng, (32,), (32,))
+    dc, uc = _pair(rng, (32,), (32, 3, 3))
+    sd = {f"lora_unet_{q.replace('.', '_')}.lora_down.weight": dq,
+          f"lora_unet_{q.replace('.', '_')}.lora_up.weight": uq,
+          f"lora_unet_{q.replace('.', '_')}.alpha": np.float32(2.0),
+          f"unet.{conv}.lora_A.weight": dc, f"unet.{conv}.lora_B.weight": uc}
+    deltas = lora.lora_deltas(c, sd, scale=0.5)
+    want_q = 0.5 * (2.0 / RANK) * (uq.astype(np.float64) @ dq.astype(np.float64))
+    want_c = 0.5 * (uc[:, :, 0, 0].astype(np.float64) @ dc.reshape(RANK, -1)).reshape(32, 32, 3, 3)
+    (kq, vq), = [(k, v) for k, v in deltas.items() if k[1][-2] == "to_q"]
+    (kc, vc), = [(k, v) for k, v in deltas.items() if k[1][-2] == "conv1"]
+    np.testing.assert_allclose(vq, want_q.T, rtol=1e-6, atol=1e-6)          # [in, out]
+    np.testing.assert_allclose(vc, want_c.transpose(2, 3, 1, 0), rtol=1e-6, atol=1e-6)
+    assert get_path(c.unet_params, kc[1]).shape == vc.shape
+    with pytest.raises(lora.LoraError, match="lora_unet_down_blocks_9_nothing"):
+        lora.lora_deltas(c, dict(sd, **{"lora_unet_down_blocks_9_nothing.lora_down.weight": dq,
+                                        "lora_unet_down_blocks_9_nothing.lora_up.weight": uq}))
+    with pytest.raises(lora.LoraError, match="weird_key"):
+        lora.lora_deltas(c, dict(sd, weird_key=dq))
+    with pytest.raises(lora.LoraError, match="no up weight"):
+        lora.lora_deltas(c, {f"unet.{q}.lora_A.weight": dq})
+    with pytest.raises(lora.LoraError, match="does not fit"):
+        lora.lora_deltas(c, {f"unet.{q}.lora_A.weight": dc, f"unet.{q}.lora_B.weight": uc})
+    assert lora.parse_lora_arg("a/b.safetensors:0.7") == lora.LoraSpec("a/b.safetensors", 0.7)
+    assert lora.parse_lora_arg("c:/x.safetensors") == lora.LoraSpec("c:/x.safetensors", 1.0)
+    assert lora.parse_lora_arg("x.safetensors:-0.3").scale == -0.3
