@@ -32,9 +32,15 @@ def _clip_vision(config: CLIPVisionConfig):
 
 def _unet(config: UNetConfig):
     s = config.sample_size
-    return UNet2DConditionModel(config), (jnp.zeros((1, s, s, config.in_channels)),
-                                          jnp.zeros((1,)),
-                                          jnp.zeros((1, 1, config.cross_attention_dim)))
+    inputs = (jnp.zeros((1, s, s, config.in_channels)), jnp.zeros((1,)),
+              jnp.zeros((1, 1, config.cross_attention_dim)))
+    if config.addition_embed_type == "text_time":
+        # add_embedding's input width is what counts: any split into text and time ids.
+        width, d = config.projection_class_embeddings_input_dim, config.addition_time_embed_dim
+        n_ids = min(6, width // d)
+        inputs += ({"text_embeds": jnp.zeros((1, width - n_ids * d)),
+                    "time_ids": jnp.zeros((1, n_ids))},)
+    return UNet2DConditionModel(config), inputs
 
 
 def _vae(config: VAEConfig):

@@ -36,11 +36,24 @@ class CLIPTextConfig:
     max_position_embeddings: int = 77
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
-    projection_dim: int | None = None   # None: no text_projection (CLIPTextModel)
+    # None (or 0, stored as None): no text_projection (CLIPTextModel); else the width of
+    # CLIPTextModelWithProjection's bias-free text_projection (SDXL's bigG tower: 1280).
+    # Test it by truthiness (`if config.projection_dim:`).
+    projection_dim: int | None = None
     eos_token_id: int = 2               # 2: legacy rule, pool at argmax(ids)
     pad_token_id: int = 1
     dtype: str = "float32"
     attention_impl: str = "xla"
+
+    def __post_init__(self):
+        if self.projection_dim == 0:
+            object.__setattr__(self, "projection_dim", None)
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"CLIPTextConfig: hidden_act={self.hidden_act!r} is not one of "
+                             f"{sorted(ACTIVATIONS)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"CLIPTextConfig: hidden_size {self.hidden_size} is not a "
+                             f"multiple of num_attention_heads {self.num_attention_heads}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +145,21 @@ class TextOutput:
     hidden_states: tuple[jax.Array, ...]  # embeddings, then each layer's output (no final LN)
     pooled_output: jax.Array              # [B, D] at the end-of-text token
     text_embeds: jax.Array | None         # [B, projection_dim] when projected
-    context: jax.Array                    # final LN of the output `clip_skip` layers early
+    context: jax.Array                    # the UNet context (see CLIPTextModel)
+
+    @property
+    def pooled(self) -> jax.Array:
+        """The pooled text embedding SDXL's UNet gets: the end-of-text token's final-LN
+        state, through text_projection when the tower has one ([B, projection_dim]; else
+        [B, D]). transformers' `CLIPTextModelWithProjection(...).text_embeds`."""
+        return self.pooled_output if self.text_embeds is None else self.text_embeds
 
 
 jax.tree_util.register_dataclass(TextOutput, data_fields=[
     "last_hidden_state", "hidden_states", "pooled_output", "text_embeds", "context"],
     meta_fields=[])
+
+CONTEXT_STYLES = ("sd", "sdxl")
 
 
 def eos_positions(ids, eos_token_id: int):
@@ -151,13 +173,17 @@ def eos_positions(ids, eos_token_id: int):
 class CLIPTextModel(nn.Module):
     """ids [B, L] int -> TextOutput; `text_embeds` when config.projection_dim is set.
 
-    `clip_skip` = k selects the UNet context as diffusers does: the final layer norm applied
-    to the output of layer L-k (k = 0: last_hidden_state).
+    `clip_skip` = k selects the UNet context as diffusers' pipelines do:
+    - context_style "sd" (SD 1.x/2.x, `StableDiffusionPipeline.encode_prompt`): the final
+      layer norm applied to the output of layer L-k (k = 0: last_hidden_state);
+    - context_style "sdxl" (`StableDiffusionXLPipeline.encode_prompt`): the output of layer
+      L-1-k WITHOUT the final layer norm, `hidden_states[-(k + 2)]` (k = 0: penultimate).
     """
     config: CLIPTextConfig
 
     @nn.compact
-    def __call__(self, ids, attention_mask=None, clip_skip: int = 0):
+    def __call__(self, ids, attention_mask=None, clip_skip: int = 0,
+                 context_style: str = "sd"):
         c = self.config
         dtype = jnp.dtype(c.dtype)
         tok = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, name="token_embedding",
@@ -175,7 +201,12 @@ class CLIPTextModel(nn.Module):
                              c.attention_impl, name="encoder")(x, True, mask)
         final_ln = layer_norm(c.layer_norm_eps, "final_layer_norm")
         last = final_ln(hidden[-1])
-        context = last if clip_skip == 0 else final_ln(hidden[-1 - clip_skip])
+        if context_style == "sdxl":
+            context = hidden[-(clip_skip + 2)]
+        elif context_style == "sd":
+            context = last if clip_skip == 0 else final_ln(hidden[-1 - clip_skip])
+        else:
+            raise ValueError(f"context_style {context_style!r} is not one of {CONTEXT_STYLES}")
         pooled = last[jnp.arange(ids.shape[0]), eos_positions(ids, c.eos_token_id)]
         embeds = None
         if c.projection_dim is not None:

@@ -21,6 +21,16 @@ CLIP_TEXT_PRESETS: dict[str, CLIPTextConfig] = {
     "sd2": CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
                           num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
                           pad_token_id=1),
+    # SDXL's first text encoder: the same OpenAI ViT-L/14 tower as SD 1.x (SDXL reads its
+    # penultimate layer without the final LN: context_style "sdxl").
+    "sdxl-l": CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                             num_hidden_layers=12, num_attention_heads=12,
+                             hidden_act="quick_gelu"),
+    # SDXL's second: OpenCLIP ViT-bigG/14's text tower with its projection
+    # (CLIPTextModelWithProjection, 694,659,840 params; pooled output through it).
+    "sdxl-bigg": CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120,
+                                num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+                                projection_dim=1280),
     "tiny": CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=4),
     # diffjax-mini (trained on `shapes`, shipped): the real CLIP vocabulary, so most of its
@@ -58,6 +68,28 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     # (the pipeline's prediction_type comes from the checkpoint's scheduler config).
     "sd21-768": UNetConfig(sample_size=96, attention_head_dim=(5, 10, 20, 20),
                            cross_attention_dim=1024, use_linear_projection=True),
+    # SDXL base 1.0: 2,567,463,684 params; three levels (no attention at the first),
+    # 1/2/10 transformer blocks, 64-dim heads, two text encoders' 2048-wide context, and
+    # micro-conditioning (pooled bigG embedding 1280 + 6 time ids x 256 = 2816).
+    "sdxl": UNetConfig(sample_size=128, block_out_channels=(320, 640, 1280),
+                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                         "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+                       cross_attention_dim=2048, use_linear_projection=True,
+                       addition_embed_type="text_time", addition_time_embed_dim=256,
+                       projection_class_embeddings_input_dim=2816),
+    # SDXL refiner 1.0: bigG context only (1280), 4 transformer blocks everywhere, and
+    # 5 time ids (sizes, crop, aesthetic score): 1280 + 5 x 256 = 2560.
+    "sdxl-refiner": UNetConfig(sample_size=128, block_out_channels=(384, 768, 1536, 1536),
+                               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                                 "CrossAttnDownBlock2D", "DownBlock2D"),
+                               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D",
+                                               "CrossAttnUpBlock2D", "UpBlock2D"),
+                               attention_head_dim=(6, 12, 24, 24), transformer_layers_per_block=4,
+                               cross_attention_dim=1280, use_linear_projection=True,
+                               addition_embed_type="text_time", addition_time_embed_dim=256,
+                               projection_class_embeddings_input_dim=2560),
     # Tests, benchmarks and the random-weight default: 32x32 images through a 2x VAE.
     "tiny": UNetConfig(sample_size=16, block_out_channels=(32, 64),
                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -75,6 +107,9 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "sd": VAEConfig(),  # the SD 1.x/2.x KL-f8 autoencoder, scaling_factor 0.18215
+    # SDXL's: the same shapes, retrained; scaling_factor 0.13025, float32 decode (it
+    # overflows in float16, as diffusers' force_upcast says).
+    "sdxl": VAEConfig(sample_size=1024, scaling_factor=0.13025, force_upcast=True),
     "tiny": VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
                       sample_size=32),
     # diffjax-mini: KL-f4, 32x32x3 -> 8x8x4. scaling_factor here is a placeholder: the

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.activations import activation
 from diffjax.models.axes import EMBED, MLP
 from diffjax.models.dense import dense
 
@@ -40,11 +41,18 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = True,
 
 
 class TimestepEmbedding(nn.Module):
-    """linear_1 -> SiLU -> linear_2, from the sinusoid to the ResNets' `temb` width."""
+    """linear_1 -> act -> linear_2 [-> post_act], from the sinusoid to the ResNets' `temb`
+    width. `act` is the UNet config's `act_fn` for the time embedding (SiLU for SDXL's
+    `add_embedding`, which diffusers builds with the default); `post_act` its
+    `timestep_post_act` (None: nothing)."""
     dim: int
     dtype: jnp.dtype
+    act: str = "silu"
+    post_act: str | None = None
 
     @nn.compact
     def __call__(self, x):
         x = dense(self.dim, (EMBED, MLP), dtype=self.dtype, name="linear_1")(x)
-        return dense(self.dim, (MLP, EMBED), dtype=self.dtype, name="linear_2")(nn.silu(x))
+        x = dense(self.dim, (MLP, EMBED), dtype=self.dtype, name="linear_2")(
+            activation(self.act)(x))
+        return x if self.post_act is None else activation(self.post_act)(x)

@@ -91,6 +91,24 @@ def text_params_to_state_dict(params, config: CLIPTextConfig):
 _TEXT_KEYS = [f.name for f in dataclasses.fields(CLIPTextConfig)
               if f.name not in ("dtype", "attention_impl", "projection_dim")]
 
+# Every parameter of transformers' CLIPTextConfig.__init__ (and of its PreTrainedConfig
+# base) is in one of these (tests/test_model_options.py enumerates the installed
+# transformers' signature): IMPLEMENTED (CLIPTextConfig fields; an unknown hidden_act or a
+# list eos_token_id is refused by name) or NO_EFFECT (initialisation, training or
+# bookkeeping only). Other keys are ignored, as transformers keeps them as inert attributes
+# (SD 1.x text encoder configs carry dozens of generation keys).
+IMPLEMENTED = tuple(_TEXT_KEYS) + ("projection_dim",)
+NO_EFFECT = (
+    "attention_dropout", "dropout", "initializer_range", "initializer_factor",
+    "bos_token_id",  # tokenizer bookkeeping: the tower pools at eos_token_id
+    "transformers_version", "architectures", "output_hidden_states", "output_attentions",
+    "return_dict", "dtype", "torch_dtype", "chunk_size_feed_forward", "is_encoder_decoder",
+    "id2label", "label2id", "problem_type", "model_type", "name_or_path", "_name_or_path",
+)
+# transformers' CLIPTextConfig default, used when a config.json omits it (pooling then
+# takes the first 49407, not argmax(ids): they differ once tokens are added after it).
+DEFAULT_EOS_TOKEN_ID = 49407
+
 
 def clip_text_config_from_hf(d: dict, with_projection: bool | None = None) -> CLIPTextConfig:
     """A transformers CLIPTextConfig dict (config.json) -> CLIPTextConfig."""
@@ -103,8 +121,18 @@ def clip_text_config_from_hf(d: dict, with_projection: bool | None = None) -> CL
     if with_projection is None:
         with_projection = any("WithProjection" in a for a in archs)
     kw = {k: d[k] for k in _TEXT_KEYS if k in d}
-    return CLIPTextConfig(**kw, projection_dim=d.get("projection_dim", 512)
-                          if with_projection else None)
+    kw.setdefault("eos_token_id", DEFAULT_EOS_TOKEN_ID)
+    if not isinstance(kw["eos_token_id"], int):
+        raise WeightsError(f"CLIP text config: eos_token_id={kw['eos_token_id']!r} is not "
+                           f"supported (one token id)")
+    if kw.get("layer_norm_eps", 1e-5) is None:
+        raise WeightsError("CLIP text config: layer_norm_eps=None is not supported")
+    try:
+        return CLIPTextConfig(**kw, projection_dim=d.get("projection_dim", 512)
+                              if with_projection else None)
+    except ValueError as e:
+        raise WeightsError(f"CLIP text config: {str(e).removeprefix('CLIPTextConfig: ')}") \
+            from None
 
 
 def clip_text_config_to_hf(config: CLIPTextConfig) -> dict:

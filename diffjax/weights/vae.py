@@ -34,22 +34,46 @@ def _modernise(sd):
     return out
 
 
+# Every parameter of diffusers' AutoencoderKL.__init__ is a VAEConfig field (computed as
+# diffusers does) or in ONLY (accepted at these values only, any other refused by name);
+# tests/test_model_options.py enumerates the installed diffusers' signature.
+IMPLEMENTED = tuple(_FIELDS)
+ONLY = {
+    "down_block_types": ("DownEncoderBlock2D",),   # per entry
+    "up_block_types": ("UpDecoderBlock2D",),
+    "shift_factor": (None,),   # SD3/Flux latents: (z - shift) * scale; SD/SDXL have none
+}
+
+
 def vae_config_from_diffusers(d: dict, **overrides) -> VAEConfig:
-    for k, allowed in (("down_block_types", "DownEncoderBlock2D"),
-                       ("up_block_types", "UpDecoderBlock2D")):
-        if any(t != allowed for t in d.get(k, [allowed])):
-            raise WeightsError(f"VAE {k} {d[k]} not supported (only {allowed})")
-    kw = {k: (tuple(d[k]) if isinstance(d[k], list) else d[k]) for k in _FIELDS if k in d}
+    """diffusers' vae/config.json -> VAEConfig (latents_mean / latents_std / force_upcast
+    included). An option diffjax does not compute as diffusers does is refused by name."""
+    bad = []
+    for k, v in d.items():
+        if k.startswith("_") or (k in IMPLEMENTED and k not in ONLY):
+            continue
+        if k not in ONLY:
+            bad.append(f"unknown option {k}={v!r}")
+        elif not (v in ONLY[k] or (isinstance(v, (list, tuple))
+                                        and all(x in ONLY[k] for x in v))):
+            bad.append(f"{k}={v!r} (only {' or '.join(repr(a) for a in ONLY[k])})")
+    if bad:
+        raise WeightsError(f"VAE config: not supported: {'; '.join(bad)}")
+    kw = {k: (tuple(d[k]) if isinstance(d[k], list) else d[k]) for k in _FIELDS
+          if k in d and k not in ONLY}
     kw.update(overrides)
-    return VAEConfig(**kw)
+    try:
+        return VAEConfig(**kw)
+    except ValueError as e:
+        raise WeightsError(f"VAE config: {str(e).removeprefix('VAEConfig: ')}") from None
 
 
 def vae_config_to_diffusers(config: VAEConfig) -> dict:
     d = {k: (list(v) if isinstance(v, tuple) else v)
          for k, v in ((k, getattr(config, k)) for k in _FIELDS)}
     n = len(config.block_out_channels)
-    d.update(_class_name="AutoencoderKL", act_fn="silu", down_block_types=[
-        "DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n)
+    d.update(_class_name="AutoencoderKL", down_block_types=["DownEncoderBlock2D"] * n,
+             up_block_types=["UpDecoderBlock2D"] * n)
     return d
 
 
