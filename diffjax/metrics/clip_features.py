@@ -8,6 +8,12 @@ any CLIP folder with `text_encoder/` + `image_encoder/` (transformers format) wo
 Preprocessing follows the folder's `feature_extractor/preprocessor_config.json`
 (image_mean/image_std on [0, 1] pixels, as transformers' CLIPImageProcessor) and resizes
 to the tower's image_size (bicubic); without that file, OpenAI CLIP's mean/std.
+
+A transformers CLIP folder (`CLIPModel.from_pretrained`'s: config.json with text_config and
+vision_config, one model.safetensors, tokenizer files, preprocessor_config.json) loads with
+`from_transformers_folder`; its images then go through transformers' CLIPImageProcessor
+steps (`diffjax.metrics.clip_processor`: shortest-edge resize, centre crop, fused
+rescale-normalise), which is what torchmetrics' CLIPScore feeds the model.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class CLIPFeatures:
     tokenizer_dir: str | None
     mean: tuple[float, ...] = OPENAI_MEAN
     std: tuple[float, ...] = OPENAI_STD
+    processor: object = None   # a clip_processor.CLIPProcessorConfig: transformers' steps
 
     def __post_init__(self):
         import jax
@@ -72,7 +79,8 @@ class CLIPFeatures:
             raise ValueError(f"text projection_dim {self.text_config.projection_dim} != image "
                              f"projection_dim {self.vision_config.projection_dim}")
         text, vision = CLIPTextModel(self.text_config), CLIPVisionModel(self.vision_config)
-        self._tokenizer = load_tokenizer(self.tokenizer_dir)
+        self._tokenizer = load_tokenizer(self.tokenizer_dir,
+                                         self.text_config.max_position_embeddings)
         self._text = jax.jit(lambda p, ids: text.apply({"params": p}, ids).text_embeds)
         self._image = jax.jit(lambda p, x: (lambda o: (o.pooled_output, o.image_embeds))(
             vision.apply({"params": p}, x)))
@@ -94,6 +102,44 @@ class CLIPFeatures:
                    tok if os.path.isdir(tok) else None, mean, std)
 
     @classmethod
+    def from_transformers_folder(cls, folder: str) -> "CLIPFeatures":
+        """A transformers `CLIPModel` folder: config.json (text_config + vision_config),
+        model.safetensors (both towers and projections), tokenizer files (vocab.json +
+        merges.txt, here or in tokenizer/) and preprocessor_config.json."""
+        from diffjax.metrics.clip_processor import CLIPProcessorConfig
+        from diffjax.weights.clip import (clip_text_config_from_hf, clip_vision_config_from_hf,
+                                          text_params_from_state_dict,
+                                          vision_params_from_state_dict)
+        from diffjax.weights.components import upcast_half
+        from diffjax.weights.io import (WeightsError, find_weights_file, load_state_dict,
+                                        read_config_json)
+        d = read_config_json(folder, "CLIP model")
+        if "text_config" not in d or "vision_config" not in d:
+            raise WeightsError(f"{folder}/config.json is not a CLIPModel config (needs "
+                               "text_config and vision_config)")
+        sd = load_state_dict(find_weights_file(folder, stem="model"))
+        for key in ("text_projection.weight", "visual_projection.weight"):
+            if key not in sd:
+                raise WeightsError(f"{folder}: no {key} (CLIP score needs both projections)")
+        tc = dataclasses.replace(clip_text_config_from_hf(d["text_config"], True),
+                                 projection_dim=sd["text_projection.weight"].shape[0])
+        vc = dataclasses.replace(clip_vision_config_from_hf(d["vision_config"]),
+                                 projection_dim=sd["visual_projection.weight"].shape[0])
+        pick = lambda tower, proj: {k: v for k, v in sd.items()  # noqa: E731
+                                    if k.startswith(tower) or k == proj}
+        tp = text_params_from_state_dict(pick("text_model.", "text_projection.weight"), tc,
+                                         f"CLIP text tower in {folder}")
+        vp = vision_params_from_state_dict(pick("vision_model.", "visual_projection.weight"),
+                                           vc, f"CLIP vision tower in {folder}")
+        tok = next((p for p in (os.path.join(folder, "tokenizer"), folder)
+                    if os.path.exists(os.path.join(p, "vocab.json"))), None)
+        if tok is None:
+            raise WeightsError(f"{folder}: no tokenizer (vocab.json + merges.txt)")
+        proc = CLIPProcessorConfig.from_folder(folder) or CLIPProcessorConfig(
+            vc.image_size, vc.image_size, vc.image_size)
+        return cls(tc, upcast_half(tp), vc, upcast_half(vp), tok, proc.mean, proc.std, proc)
+
+    @classmethod
     def from_model(cls, name_or_folder: str = "mini") -> "CLIPFeatures":
         """The CLIP of a packaged model ("mini") or of a folder."""
         from diffjax.weights.components import PACKAGED_MODELS, packaged_model_dir
@@ -104,6 +150,9 @@ class CLIPFeatures:
     def preprocess(self, images) -> np.ndarray:
         """uint8 [N, H, W, 3] (or float in [0, 1]) -> normalised [N, S, S, 3] float32."""
         from PIL import Image
+        if self.processor is not None:
+            from diffjax.metrics.clip_processor import preprocess
+            return preprocess(images, self.processor)
         x = np.asarray(images)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images [N, H, W, 3], got shape {x.shape}")
@@ -151,6 +200,17 @@ class CLIPFeatures:
         caller that scores one image against several captions embed the image once."""
         return 100.0 * np.maximum(np.sum(image_embeds * text_embeds, -1), 0.0)
 
+    def cosine_scores(self, images, captions, batch: int = 256) -> np.ndarray:
+        """100 * cos(image, caption) per pair, not clamped [N]: torchmetrics' per-pair score,
+        which `aggregate_clip_score` averages before clamping."""
+        images, captions = list(images), list(captions)
+        if len(images) != len(captions) or not images:
+            raise ValueError(f"clip score needs as many images as captions (> 0), got "
+                             f"{len(images)} and {len(captions)}")
+        e_img = self._batched(self._image, self.vision_params, self.preprocess(images), batch)[1]
+        e_img = e_img / np.linalg.norm(e_img, axis=-1, keepdims=True)
+        return 100.0 * np.sum(e_img * self.text_embeds(captions, batch), -1)
+
     def clip_score(self, images, captions) -> np.ndarray:
         """Per-pair CLIP score, 100 * max(cos(image, caption), 0) [N] (Hessel et al.)."""
         images, captions = list(images), list(captions)
@@ -163,3 +223,13 @@ class CLIPFeatures:
     def frechet_features(self, images, batch: int = 256) -> np.ndarray:
         """The pooled (pre-projection) image features FID-style metrics compare [N, D]."""
         return self.image_outputs(images, batch)[0]
+
+
+def aggregate_clip_score(cosine_scores) -> float:
+    """torchmetrics' CLIPScore: max(mean over pairs of 100 cos, 0) (Hessel et al. clamp the
+    pairs; torchmetrics clamps the mean, and published SD/MLPerf numbers use torchmetrics
+    or the plain mean: the two agree whenever no pair has a negative cosine)."""
+    s = np.asarray(cosine_scores, np.float64)
+    if s.ndim != 1 or not len(s):
+        raise ValueError(f"aggregate_clip_score needs [N > 0] scores, got shape {s.shape}")
+    return float(max(s.mean(), 0.0))
