@@ -6,10 +6,16 @@ these shapes; all of them need the tree without allocating it, which `jax.eval_s
 the module's `init` gives. `init` needs example inputs, and this module is the one place
 they are written. Param shapes do not depend on the inputs' batch, spatial size or context
 length (except a CLIP vision tower's `image_size`: one position embedding per patch), so
-the inputs are one example each, with a one-token context.
+the inputs are one example each, with a one-token context, and the UNet is traced at the
+smallest latent its levels allow rather than its sample size.
+
+The tree is cached per config (configs are frozen and hashable): loading, sharding and
+conversion each ask for it, and tracing a UNet costs seconds. Callers must not mutate it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +37,7 @@ def _clip_vision(config: CLIPVisionConfig):
 
 
 def _unet(config: UNetConfig):
-    s = config.sample_size
+    s = config.downsample_factor
     inputs = (jnp.zeros((1, s, s, config.in_channels)), jnp.zeros((1,)),
               jnp.zeros((1, 1, config.cross_attention_dim)))
     if config.addition_embed_type == "text_time":
@@ -53,6 +59,7 @@ MODULES = {CLIPTextConfig: _clip_text, CLIPVisionConfig: _clip_vision, UNetConfi
            VAEConfig: _vae}
 
 
+@functools.lru_cache(maxsize=64)
 def abstract_params(config):
     """The boxed param tree of `config`'s module, leaves `jax.ShapeDtypeStruct`.
 
