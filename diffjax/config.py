@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import math
 import os
 import re
 import runpy
@@ -107,7 +108,7 @@ def _config_function(source: str):
     if source.endswith(".py"):
         if not os.path.exists(source):
             raise ConfigError(f"config file {source!r} does not exist")
-        namespace = runpy.run_path(source)
+        namespace = _run_config_file(source)
     elif MODULE_NAME.fullmatch(source):
         try:
             namespace = vars(importlib.import_module(source))
@@ -126,6 +127,73 @@ def _config_function(source: str):
     return namespace["get_config"]
 
 
+def _run_config_file(source: str) -> dict:
+    """Run a config file; its syntax errors and exceptions become one-line ConfigErrors
+    naming the file and line (a config file is the user's input, not diffjax's code)."""
+    try:
+        return runpy.run_path(source)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {source!r} line {e.lineno}: syntax error "
+                          f"({e.msg})") from None
+    except Exception as e:  # noqa: BLE001 - whatever the user's file raises
+        raise ConfigError(f"config file {source!r} raised {type(e).__name__}: {e}"
+                          f"{_user_line(e, source)}") from None
+
+
+def _user_line(e: BaseException, source: str) -> str:
+    """' (line N)' of the innermost frame of `e` inside `source`, if any."""
+    import traceback
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(source)]
+    return f" (line {frames[-1].lineno})" if frames else ""
+
+
+def _read_json_config(spec: str) -> dict:
+    if not os.path.exists(spec):
+        raise ConfigError(f"config file {spec!r} does not exist")
+    if os.path.isdir(spec):
+        raise ConfigError(f"config {spec!r} is a directory; expected a config.json file")
+    try:
+        with open(spec, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {spec!r} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        what = "is empty" if not e.doc.strip() else f"is not valid JSON ({e.msg}, line {e.lineno})"
+        raise ConfigError(f"config file {spec!r} {what}; expected a config.json written by "
+                          "a diffjax run") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"config file {spec!r} holds {type(data).__name__} "
+                          f"{json.dumps(data)[:40]}; expected a JSON object of config keys")
+    return data
+
+
+def check_finite(config, prefix: str = "") -> None:
+    """Refuse NaN anywhere in a config, and infinities outside the open option groups
+    (where the consumer decides: heun's s_tmax defaults to inf). A non-finite number is
+    never what a user meant, and would silently give black images or be dropped."""
+    items = config.items() if hasattr(config, "items") else ()
+    for key, value in items:
+        name = prefix + str(key)
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            if key not in OPEN_GROUPS:
+                check_finite(value, name + ".")
+            else:
+                _check_no_nan(value, name + ".")
+            continue
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key {name!r} is {v}; expected a finite number")
+
+
+def _check_no_nan(group, prefix: str) -> None:
+    for key, value in group.items():
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            _check_no_nan(value, prefix + str(key) + ".")
+        elif isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"config key {prefix + str(key)!r} is nan; expected a number")
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load a config, apply overrides, lock, return it.
 
@@ -134,22 +202,31 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     overrides: `"a.b=value"` strings (the part after `--config.`).
     """
     if spec.endswith(".json"):
-        if not os.path.exists(spec):
-            raise ConfigError(f"config file {spec!r} does not exist")
-        with open(spec, encoding="utf-8") as f:
-            data = json.load(f)
+        data = _read_json_config(spec)
         data.pop("_diffjax", None)
         config = ml_collections.ConfigDict(data)
     else:
         source, _, arg = spec.partition(":")
         get_config = _config_function(source)
-        config = get_config(arg or None) if arg else get_config()
+        try:
+            config = get_config(arg or None) if arg else get_config()
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a user's get_config may raise anything
+            raise ConfigError(f"config {source!r}: get_config({arg!r}) raised "
+                              f"{type(e).__name__}: {e}") from None
         if not isinstance(config, ml_collections.ConfigDict):
-            config = ml_collections.ConfigDict(config)
+            try:
+                config = ml_collections.ConfigDict(config)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config {source!r}: get_config returned "
+                                  f"{type(config).__name__}; expected a ConfigDict or dict"
+                                  ) from e
     config.lock()
     _unlock_open_groups(config)
     for override in overrides:
         apply_override(config, override)
+    check_finite(config)
     return config
 
 

@@ -133,10 +133,31 @@ def check_mask(mask, height: int, width: int) -> np.ndarray:
     return (_as_float_image(m) >= 0.5).astype(np.float32)
 
 
+def _open_image(path: str, what: str):
+    """A fully decoded PIL image, or an ImageConditioningError naming the file and what is
+    wrong with it (missing, a folder, not an image, truncated)."""
+    import os
+
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.exists(path):
+        raise ImageConditioningError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ImageConditioningError(f"{what} {path!r} is a directory; expected an image file")
+    try:
+        im = Image.open(path)
+        im.load()
+    except UnidentifiedImageError:
+        raise ImageConditioningError(f"{what} {path!r} is not an image PIL can read "
+                                     "(expected PNG, JPEG, WebP, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageConditioningError(f"{what} {path!r} cannot be decoded (truncated or "
+                                     f"corrupted: {e})") from None
+    return im
+
+
 def load_image(path: str) -> np.ndarray:
     """An image file as uint8 [H, W, 3] (RGB) or [H, W] (single-channel modes)."""
-    from PIL import Image
-    with Image.open(path) as im:
+    with _open_image(path, "init image") as im:
         if im.mode in ("L", "1", "I", "I;16", "F"):
             return np.asarray(im.convert("L"))
         if im.mode == "LA":
@@ -146,8 +167,7 @@ def load_image(path: str) -> np.ndarray:
 
 def load_mask(path: str) -> np.ndarray:
     """A mask file as uint8; RGB files are refused by `check_mask` as multi-channel."""
-    from PIL import Image
-    with Image.open(path) as im:
+    with _open_image(path, "mask") as im:
         if im.mode in ("L", "1", "I", "I;16", "F"):
             return np.asarray(im.convert("L"))
         return np.asarray(im.convert("RGB") if im.mode != "RGBA" else im)

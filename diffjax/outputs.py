@@ -55,15 +55,61 @@ def png_bytes(image_uint8: np.ndarray, meta: Mapping) -> bytes:
 
 
 def atomic_write(path, data: bytes | str) -> None:
-    """Write to `<path>.tmp-<pid>` then rename: readers never see a partial file."""
+    """Write to `<path>.tmp-<pid>` then rename: readers never see a partial file. A failed
+    write (a full disk: ENOSPC) removes its temporary file and raises; the target is then
+    untouched."""
     from etils import epath
     path = epath.Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def atomic_write_lines(path, lines) -> None:
+    """`atomic_write` of text lines produced lazily (an index of millions of rows is never
+    one string)."""
+    from etils import epath
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        tmp.replace(path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def png_matches(path, meta: Mapping, ignore: tuple[str, ...] = ("version",)) -> bool:
+    """Whether the PNG at `path` decodes completely and its `diffjax` metadata equals `meta`
+    (keys in `ignore` aside): how a resumed job tells a finished file from a truncated,
+    corrupted or foreign one."""
+    try:
+        with Image.open(path) as im:
+            im.load()                                 # decodes every row: truncation fails
+            got = json.loads(im.text["diffjax"])
+    except (OSError, SyntaxError, ValueError, KeyError, AttributeError):
+        return False
+    want = json.loads(json.dumps(dict(meta)))
+    for key in ignore:
+        got.pop(key, None)
+        want.pop(key, None)
+    return got == want
 
 
 def read_png_metadata(path) -> dict:

@@ -10,6 +10,7 @@ shardings expect.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffjax.models import axes
+from diffjax.spec import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 DATA_AXES = ("data", "fsdp")  # the batch/seed axis is split over both
@@ -38,21 +40,22 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def resolve_mesh_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
-    """Fill a single -1 and check the product equals the device count, naming both."""
+    """Fill a single -1 and check the product equals the device count, naming both
+    (a ConfigError: the config's mesh.shape does not fit these devices)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} sizes for axes "
+        raise ConfigError(f"mesh shape {shape} must have {len(MESH_AXES)} sizes for axes "
                          f"{MESH_AXES}")
     if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh shape {shape}: sizes must be positive, with at most one -1")
+        raise ConfigError(f"mesh shape {shape}: sizes must be positive, with at most one -1")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if n_devices % known:
-            raise ValueError(f"mesh shape {shape} cannot cover {n_devices} devices "
+            raise ConfigError(f"mesh shape {shape} cannot cover {n_devices} devices "
                              f"({n_devices} is not divisible by {known})")
         shape = tuple(n_devices // known if s == -1 else s for s in shape)
     if int(np.prod(shape)) != n_devices:
-        raise ValueError(f"mesh shape {shape} has {int(np.prod(shape))} devices, but "
+        raise ConfigError(f"mesh shape {shape} has {int(np.prod(shape))} devices, but "
                          f"{n_devices} are available")
     return shape
 
@@ -102,20 +105,78 @@ def param_shardings(abstract_params, mesh: Mesh, rules=DEFAULT_RULES):
                         is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
-def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
+def owned_rows(mesh: Mesh, batch_size: int) -> list[int]:
+    """The rows of a batch (seed axis over the data axes) that this process writes: those
+    its devices compute, a row held by several processes going to the lowest index (as
+    `TextToImage.generate_local` decides)."""
+    owner: dict[int, int] = {}
+    shape = (batch_size, 1)
+    for device, index in batch_sharding(mesh, 2).devices_indices_map(shape).items():
+        for r in range(*index[0].indices(batch_size)):
+            owner[r] = min(owner.get(r, device.process_index), device.process_index)
+    me = jax.process_index()
+    return [r for r in range(batch_size) if owner.get(r) == me]
+
+
+def any_process(flags) -> np.ndarray:
+    """Element-wise OR of a bool vector over all processes (itself with one process): how
+    processes agree on which batches to run and when to stop, so none waits in a
+    collective that the others skip."""
+    flags = np.asarray(flags, bool)
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather(flags.astype(np.int32))
+    return np.asarray(gathered).reshape(jax.process_count(), -1).any(axis=0)
+
+
+class DistributedError(RuntimeError):
+    """Joining a multi-process job failed: the peers did not arrive in time, or the
+    coordinator could not be reached (the message names the coordinator)."""
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int,
+                           timeout_s: int = 300) -> None:
     """Join a multi-process job before any device is touched.
 
     coordinator "": single process (nothing to do); "auto": `jax.distributed.initialize()`
     with the platform's own discovery (TPU pods, SLURM, ...); "host:port": explicit, with
     `num_processes` and this `process_id`. CPU processes talk through gloo collectives.
+    A process whose peers do not all arrive within `timeout_s` seconds fails with a
+    DistributedError naming the coordinator (rather than waiting forever).
     """
     if not coordinator:
         return
+    if timeout_s < 1:
+        raise ConfigError(f"distributed.timeout_s must be >= 1, got {timeout_s}")
+    if coordinator != "auto" and (num_processes < 1 or not 0 <= process_id < num_processes):
+        raise ConfigError(f"distributed: process_id {process_id} must be in [0, "
+                          f"num_processes={num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if coordinator == "auto":
-        jax.distributed.initialize()
-        return
-    if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise ValueError(f"distributed: process_id {process_id} must be in [0, "
-                         f"num_processes={num_processes})")
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    who = ("the platform's coordinator" if coordinator == "auto"
+           else f"coordinator {coordinator}")
+    message = (f"process {process_id} of {num_processes} could not join the job through {who} "
+               f"within {timeout_s} s (are all {num_processes} processes started, with the "
+               "same coordinator and distinct process ids?)")
+    # jaxlib ends the process with a C++ check failure (SIGABRT, a stack dump) when its own
+    # initialization timeout expires; this watchdog fires first and exits with one line.
+    watchdog = threading.Timer(timeout_s, _give_up, args=(message,))
+    watchdog.daemon = True
+    kwargs = (dict(initialization_timeout=int(timeout_s) + 60) if coordinator == "auto" else
+              dict(coordinator_address=coordinator, num_processes=num_processes,
+                   process_id=process_id, initialization_timeout=int(timeout_s) + 60))
+    watchdog.start()
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # noqa: BLE001 - jaxlib raises XlaRuntimeError / RuntimeError
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DistributedError(f"{message}: {first}") from e
+    finally:
+        watchdog.cancel()
+
+
+def _give_up(message: str) -> None:
+    import os
+    import sys
+    print(f"diffjax: {message}", file=sys.stderr, flush=True)
+    os._exit(2)

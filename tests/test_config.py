@@ -89,10 +89,23 @@ def test_list_override_items_are_typed_like_the_default():
 
 
 def test_new_keys_of_open_groups_parse_nan_and_inf_as_numbers():
-    """So a sampler option set to nan is refused as NaN (and s_tmax=inf is a number)."""
+    """So a sampler option set to nan is refused as NaN, naming it (and s_tmax=inf, heun's
+    own default, is a number)."""
     c = cfg.load_config("diffjax.configs.compare.gmm_convergence", [
-        "sampler_options.heun.s_tmax=inf", "sampler_options.heun.s_churn=nan",
-        "sampler_options.heun.s_noise=1.003", "sampler_options.unipc.variant=bh1"])
+        "sampler_options.heun.s_tmax=inf", "sampler_options.heun.s_noise=1.003",
+        "sampler_options.unipc.variant=bh1"])
     opts = c.sampler_options
-    assert opts.heun.s_tmax == float("inf") and opts.heun.s_churn != opts.heun.s_churn
+    assert opts.heun.s_tmax == float("inf")
     assert opts.heun.s_noise == 1.003 and opts.unipc.variant == "bh1"
+    with pytest.raises(cfg.ConfigError, match="'sampler_options.heun.s_churn' is nan"):
+        cfg.load_config("diffjax.configs.compare.gmm_convergence",
+                        ["sampler_options.heun.s_churn=nan"])
+
+
+def test_non_finite_numbers_are_refused_in_every_key():
+    """nan or inf in any key outside the open option groups is named at load time (in a
+    list too), before anything uses it."""
+    with pytest.raises(cfg.ConfigError, match="'guidance_scales' is nan; expected a finite"):
+        cfg.load_config("diffjax.configs.compare.gmm_convergence", ["guidance_scales=1,nan"])
+    with pytest.raises(cfg.ConfigError, match="'guidance_scale' is inf; expected a finite"):
+        cfg.load_config("diffjax.configs.sample", ["guidance_scale=inf"])

@@ -10,7 +10,7 @@ from diffjax import outputs, prompts
 
 
 def test_seed_specs():
-    assert prompts.parse_seeds("0:4") == (0, 1, 2, 3)
+    assert tuple(prompts.parse_seeds("0:4")) == (0, 1, 2, 3)
     assert prompts.parse_seeds("7") == (7,)
     assert prompts.parse_seeds("1, 5,9") == (1, 5, 9)
     for bad in ("4:2", "a:b", "", "-1"):

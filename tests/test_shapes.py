@@ -127,7 +127,7 @@ def test_image_folder_metadata_jsonl_and_errors(tmp_path):
     (folder / "metadata.jsonl").write_text('{"file": "0.png"}\n')
     with pytest.raises(ValueError, match=r"metadata.jsonl:1: expected a JSON object with 'file_name'"):
         B.scan_image_folder(str(folder))
-    with pytest.raises(FileNotFoundError, match="image folder .*nope.* does not exist"):
+    with pytest.raises(B.DatasetError, match="image folder .*nope.* does not exist"):
         B.scan_image_folder(str(tmp_path / "nope"))
 
 

@@ -28,6 +28,8 @@ def run(args) -> int:
     from diffjax.outputs import atomic_write
     config = load_config(args.config, args.config_overrides)
     spec = to_dataclass(config, BenchSpec)
+    from diffjax.commands.preflight import check_output_dir
+    check_output_dir(args.out)
     os.makedirs(args.out, exist_ok=True)
     save_config(config, args.out)
 

@@ -37,6 +37,8 @@ def run(args) -> int:
         config = resolve_config(args)
         if not config.out:
             raise ConfigError("--out (config.out) is required")
+        from diffjax.commands.preflight import check_output_dir
+        check_output_dir(config.out)
         compare_samplers.run_study(config, config.out, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"diffjax compare: {e}", file=sys.stderr)

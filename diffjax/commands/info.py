@@ -48,8 +48,9 @@ def run(args) -> int:
     if config is not None:
         from diffjax.sharding import make_mesh
         if "mesh" not in config:
-            print(f"config {args.config} has no mesh section")
-            return 2
+            from diffjax.spec import ConfigError
+            raise ConfigError(f"config {args.config} has no mesh section; expected a config "
+                              "with mesh.shape (e.g. diffjax.configs.sample)")
         mesh = make_mesh(tuple(config.mesh.shape))
         print(f"mesh                {dict(mesh.shape)}")
     return 0

@@ -1,9 +1,13 @@
 """`diffjax sample`: one prompt or a prompt file -> PNGs with metadata, resumable.
 
-The job is a fixed list of items (prompt, negative prompt, seed) cut into fixed batches, so
-a rerun after an interruption recomputes exactly the unfinished batches with exactly the
-same inputs and writes identical files. PNGs are written atomically; `index.jsonl` (one
-line per image, in item order) is rewritten atomically at the end of every batch.
+Every input is checked before the model is loaded or the program compiled (the output
+folder, the prompts and seeds, the sampler and schedule, the mesh, the job already in the
+folder, the memory a size needs), so a mistake is one line and exit status 2. The job
+itself (`diffjax.commands.job`) is resumable: fixed items (computed lazily) in fixed
+batches, finished files verified, clean stops on SIGTERM/SIGINT (exit status 75), multi-
+process jobs that resume with the same or another process count. The job's identity is its
+config minus the per-launch settings (`NOT_IDENTITY`: out, distributed, compilation_cache,
+mesh), so a moved folder or a new coordinator port resumes the same job.
 """
 
 from __future__ import annotations
@@ -11,9 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
-from diffjax import outputs, prompts
+from diffjax import prompts
 
 DEFAULT_CONFIG = "diffjax.configs.sample"
 
@@ -48,7 +51,8 @@ def resolve_config(args):
     return config
 
 
-def job_items(config) -> list[prompts.Item]:
+def job_items(config) -> prompts.Job:
+    """The job's items, computed lazily (a billion seeds take no memory)."""
     seeds = prompts.parse_seeds(config.seeds)
     if bool(config.prompt) == bool(config.prompt_file):
         raise prompts.PromptFileError("give exactly one of --prompt or --prompt-file")
@@ -57,17 +61,32 @@ def job_items(config) -> list[prompts.Item]:
     return prompts.items_for_prompt(config.prompt, seeds, config.negative_prompt)
 
 
-def _check_same_job(out, config) -> None:
-    """Refuse to resume into a directory that holds a different job's outputs."""
+# Per-launch settings: where the job runs, not what it draws. A rerun may change them (a new
+# coordinator port, another process count, a moved folder, another mesh or cache) and
+# still resumes the same job.
+NOT_IDENTITY = ("out", "distributed", "compilation_cache", "mesh")
+
+
+def job_identity(config_dict: dict) -> dict:
+    return {k: v for k, v in config_dict.items() if k not in NOT_IDENTITY and k != "_diffjax"}
+
+
+def check_same_job(out, config) -> None:
+    """Refuse to resume into a directory that holds a different job's outputs. Every
+    process makes this check, on the same keys (`job_identity`)."""
     from etils import epath
 
     from diffjax.config import CONFIG_JSON, config_to_dict
     path = epath.Path(out) / CONFIG_JSON
     if not path.exists():
         return
-    old = json.loads(path.read_text())
-    old.pop("_diffjax", None)
-    new = config_to_dict(config)
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise prompts.PromptFileError(
+            f"{path} is not valid JSON, so it is unknown which job {out} holds; use a new "
+            "--out, or restore that file") from None
+    old, new = job_identity(old), job_identity(config_to_dict(config))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise prompts.PromptFileError(
@@ -75,99 +94,96 @@ def _check_same_job(out, config) -> None:
             "use a new --out, or rerun with the same config to resume")
 
 
+def check_schedule(name: str) -> None:
+    from diffjax.diffusion import schedules
+    from diffjax.spec import ConfigError
+    valid = sorted(set(schedules.SCHEDULES) | {"model"})
+    if name not in valid:
+        raise ConfigError(f"sampler.schedule {name!r} is not a schedule; valid: "
+                          f"{', '.join(valid)}")
+
+
+def check_image_files(config) -> None:
+    """The init image and mask decode (named errors), before the model is loaded."""
+    image = config.get("image")
+    if image and image.get("init_image"):
+        from diffjax import images
+        images.load_image(image.init_image)
+        if image.get("mask"):
+            images.load_mask(image.mask)
+
+
+def check_mesh(spec) -> None:
+    """The mesh fits these devices and the batch splits over its data axes (before the
+    model is loaded)."""
+    import jax
+
+    from diffjax import sharding
+    from diffjax.spec import ConfigError
+    shape = sharding.resolve_mesh_shape(spec.mesh_shape, jax.device_count())
+    n_data = shape[0] * shape[1]
+    if spec.batch_size % n_data:
+        raise ConfigError(f"batch_size {spec.batch_size} cannot be split over the mesh's data "
+                          f"axes (data x fsdp = {n_data}, mesh {shape}); use a multiple of "
+                          f"{n_data}")
+
+
 def run(args) -> int:
-    from etils import epath
-
-    from diffjax.config import save_config
+    from diffjax.commands import image_flags, preflight
+    from diffjax.spec import ConfigError
+    from diffjax.config import check_finite
     config = resolve_config(args)
+    check_finite(config)         # flags too: --strength nan is not a strength
     if not config.out:
-        print("diffjax sample: --out (config.out) is required", file=sys.stderr)
-        return 2
-    try:
-        items = job_items(config)
-    except prompts.PromptFileError as e:
-        print(f"diffjax sample: {e}", file=sys.stderr)
-        return 2
-    from diffjax.pipeline import enable_compilation_cache, load_pipeline, spec_from_config
-    from diffjax.sharding import initialize_distributed
-    enable_compilation_cache(config.compilation_cache)
-    initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
-                           config.distributed.process_id)
-    from diffjax.commands import image_flags
-    from diffjax.images import ImageConditioningError
-    try:                                       # img2img / inpainting / aspect -> config
+        raise ConfigError("--out (config.out) is required")
+    # -- the user's inputs, checked before joining a job, loading or compiling ----------
+    preflight.check_output_dir(config.out)
+    items = job_items(config)
+    from diffjax.pipeline import enable_compilation_cache, spec_from_config
+    spec = spec_from_config(config)
+    check_schedule(spec.schedule)
+    if spec.height and spec.width:
+        preflight.check_image_memory(spec.batch_size, spec.height, spec.width)
+    needs_model = getattr(args, "aspect", None) is not None or getattr(
+        args, "pixels", None) is not None
+    comps = None
+    if not needs_model:          # records the image flags in config; loads nothing
         comps = image_flags.apply_flags(config, args)
-    except ImageConditioningError as e:
-        print(f"diffjax sample: {e}", file=sys.stderr)
-        return 2
-    spec = spec_from_config(config)            # validates before anything is written
+        check_finite(config)
+        check_image_files(config)
+        check_same_job(config.out, config)
+    # -- join the job (every process has passed the same checks) ------------------------
+    from diffjax.sharding import initialize_distributed, owned_rows
+    d = config.distributed
+    initialize_distributed(d.coordinator, d.num_processes, d.process_id,
+                           int(d.get("timeout_s", 300)))
+    enable_compilation_cache(config.compilation_cache)
+    if needs_model:              # --aspect/--pixels need the model's size factor
+        comps = image_flags.apply_flags(config, args)
+        check_image_files(config)
+        check_same_job(config.out, config)
+        spec = spec_from_config(config)
+        preflight.check_image_memory(spec.batch_size, spec.height, spec.width)
+    check_mesh(spec)
+    # -- the model, the program --------------------------------------------------------
+    pipe = image_flags.pipeline_for(config, spec, comps)
+    import jax
+
+    from diffjax.sharding import data_size
+    rows_per_device = spec.batch_size // data_size(pipe.mesh)
+    preflight.check_image_memory(spec.batch_size, pipe.height, pipe.width)
+    preflight.check_device_memory(max(1, rows_per_device), pipe.height, pipe.width,
+                                  pipe.components.vae_config.block_out_channels[0])
+    from etils import epath
     out = epath.Path(config.out)
-    try:
-        _check_same_job(out, config)
-    except prompts.PromptFileError as e:
-        print(f"diffjax sample: {e}", file=sys.stderr)
-        return 2
-    if comps is None and not config.get("image"):
-        pipe = load_pipeline(config.model, spec)
-    else:
-        try:
-            pipe = image_flags.pipeline_for(config, spec, comps)
-        except (ImageConditioningError, OSError) as e:
-            print(f"diffjax sample: {e}", file=sys.stderr)
-            return 2
+    compile_s = pipe.compile_seconds(spec.batch_size)
+    preflight.check_program_memory(pipe.memory_plan())
     out.mkdir(parents=True, exist_ok=True)
-    import jax
     if jax.process_index() == 0:
+        from diffjax.config import save_config
         save_config(config, os.fspath(out))
-    return write_job(pipe, items, out, spec.batch_size)
-
-
-INDEX_EVERY_S = 30.0  # rewrite index.jsonl at most this often during a job (and at the end)
-
-
-def write_job(pipe, items, out, batch_size: int) -> int:
-    """Generate every unfinished batch and write its PNGs; keep index.jsonl current."""
-    import jax
-    from tqdm import tqdm
-
-    all_batches = prompts.batches(items, batch_size)
-    if jax.process_index() == 0:
-        for stale in out.glob(".*.tmp-*"):   # left by a job killed mid-write
-            stale.unlink()
-    finished = {i.stem for i in items if (out / f"{i.stem}.png").exists()}  # one scan
-    todo = [b for b in all_batches if not all(i.stem in finished for i in b)]
-    main_process = jax.process_index() == 0
-    bar = tqdm(total=len(items), initial=len(items) - sum(len(b) for b in todo), unit="img",
-               desc="sampling", disable=not main_process, dynamic_ncols=True)
-    compile_s = pipe.compile_seconds(batch_size)
-    bar.write(f"compiled in {compile_s:.1f} s (batch {batch_size}); "
-              f"{len(todo)} of {len(all_batches)} batches to do")
-    t0 = last_index = time.perf_counter()
-    for batch in todo:
-        images, owned = pipe.generate_local([i.prompt for i in batch],
-                                            [i.negative_prompt for i in batch],
-                                            [i.seed for i in batch])
-        for pos in owned:                 # the items this process's devices computed
-            item = batch[pos]
-            meta = pipe.metadata(item.prompt, item.negative_prompt, item.seed)
-            outputs.atomic_write(out / f"{item.stem}.png",
-                                 outputs.png_bytes(outputs.to_uint8(images[pos]), meta))
-        finished.update(i.stem for i in batch)
-        bar.update(len(batch))
-        if main_process and time.perf_counter() - last_index > INDEX_EVERY_S:
-            _write_index(out, items, finished)
-            last_index = time.perf_counter()
-    bar.close()
-    if main_process:
-        _write_index(out, items, finished)
-        n_new = sum(len(b) for b in todo)
-        rate = n_new / max(time.perf_counter() - t0, 1e-9)
-        print(f"{len(items)} images in {out} ({n_new} new, {rate:.2f} images/s after compile)")
-    return 0
-
-
-def _write_index(out, items, finished) -> None:
-    lines = [json.dumps(dict(file=f"{i.stem}.png", index=i.index, prompt=i.prompt,
-                             negative_prompt=i.negative_prompt, seed=i.seed))
-             for i in items if i.stem in finished]
-    outputs.atomic_write(out / "index.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+        n = len(items)
+        print(f"compiled in {compile_s:.1f} s (batch {spec.batch_size}); {n} image(s) in "
+              f"{prompts.num_batches(n, spec.batch_size)} batch(es)", file=sys.stderr)
+    from diffjax.commands.job import run_job
+    return run_job(pipe, items, out, spec.batch_size, owned_rows(pipe.mesh, spec.batch_size))

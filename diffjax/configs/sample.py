@@ -47,6 +47,8 @@ def get_config(arg=None):
     c.compilation_cache = "~/.cache/diffjax/jax"  # persistent XLA cache ("" = off)
     # Multi-host: coordinator "" = one process; "auto" = platform discovery (TPU pods);
     # "host:port" with num_processes and this process's id. Each process writes its shard.
+    # timeout_s: a process whose peers have not all joined by then fails, naming the
+    # coordinator. Not part of the job's identity: a rerun may change any of these.
     c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=1,
-                                                   process_id=0))
+                                                   process_id=0, timeout_s=300))
     return c

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from diffjax.data import shapes as S
+from diffjax.data.shapes import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
@@ -96,6 +97,7 @@ def build_shapes(data_dir: str, resolution: int = 32,
     other silently.
     """
     sizes = tuple((split_sizes or {"train": 20000, "test": 1000, "holdout": 1000}).items())
+    S.check_request(resolution, dict(sizes))
     name = f"r{resolution}-" + "-".join(f"{k}{v}" for k, v in sizes)
     builder = Shapes(config=ShapesBuilderConfig(name=name, resolution=resolution,
                                                 split_sizes=sizes),
@@ -119,22 +121,30 @@ def _read_captions(folder: str, files: list[str]) -> dict[str, str]:
     meta = os.path.join(folder, "metadata.jsonl")
     captions: dict[str, str] = {}
     if os.path.exists(meta):
-        with open(meta, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    captions[row["file_name"]] = str(row["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{meta}:{lineno}: expected a JSON object with "
-                                     f"'file_name' and 'text', got {line.strip()!r} ({e})")
+        try:
+            with open(meta, "rb") as f:
+                text = f.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{meta} is not UTF-8 text (byte {e.start})") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                captions[row["file_name"]] = str(row["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DatasetError(f"{meta}:{lineno}: expected a JSON object with "
+                                   f"'file_name' and 'text', got {line.strip()!r} ({e})")
         return captions
     for name in files:
         side = os.path.splitext(os.path.join(folder, name))[0] + ".txt"
         if os.path.exists(side):
-            with open(side, encoding="utf-8") as f:
-                captions[name] = f.read().strip()
+            try:
+                with open(side, encoding="utf-8") as f:
+                    captions[name] = f.read().strip()
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"caption file {side!r} is not UTF-8 text (byte {e.start})"
+                                   ) from None
     return captions
 
 
@@ -145,7 +155,8 @@ def scan_image_folder(folder: str) -> tuple[list[tuple[str, str]], dict]:
     Unreadable images (PIL cannot decode them) and images without a caption are skipped.
     """
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder {folder!r} does not exist")
+        raise DatasetError(f"image folder {folder!r} does not exist; expected a folder of "
+                           "images with .txt captions or a metadata.jsonl")
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
     captions = _read_captions(folder, files)
     usable, unreadable, missing = [], [], []
@@ -186,7 +197,7 @@ class ImageFolder(_LocalBuilder):
         del dl_manager
         usable, self.report = scan_image_folder(self.builder_config.folder)
         if not usable:
-            raise ValueError(f"image folder {self.builder_config.folder!r} has no usable "
+            raise DatasetError(f"image folder {self.builder_config.folder!r} has no usable "
                              f"image: {self.report}")
         return {"train": self._generate_examples(usable)}
 
@@ -222,10 +233,16 @@ def load_source(dataset_dir: str, split: str):
     is importable here (the features are read from the directory).
     """
     if not os.path.isdir(dataset_dir):
-        raise FileNotFoundError(f"dataset directory {dataset_dir!r} does not exist")
-    builder = tfds.builder_from_directory(dataset_dir)
+        raise DatasetError(f"dataset directory {dataset_dir!r} does not exist; build one "
+                           "with `diffjax data shapes|image_folder --out DIR`")
+    try:
+        builder = tfds.builder_from_directory(dataset_dir)
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds for a foreign folder
+        raise DatasetError(f"{dataset_dir!r} is not a built dataset directory (no readable "
+                           f"dataset_info.json: {str(e).splitlines()[0][:200] if str(e) else e!r}"
+                           "); expected the versioned folder `diffjax data` prints") from None
     if split not in builder.info.splits:
-        raise ValueError(f"dataset {dataset_dir!r} has no split {split!r}; it has "
+        raise DatasetError(f"dataset {dataset_dir!r} has no split {split!r}; it has "
                          f"{sorted(builder.info.splits)}")
     return builder.as_data_source(split=split)
 
@@ -242,5 +259,7 @@ def open_source(dataset: str, split: str, data_dir: str | None = None):
     try:
         return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # noqa: BLE001 - tfds raises many kinds; name what was asked
-        raise ValueError(f"cannot open dataset {dataset!r} split {split!r} (data_dir="
-                         f"{data_dir!r}): not a built directory, and tfds says: {e}") from e
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"cannot open dataset {dataset!r} split {split!r} (data_dir="
+                           f"{data_dir!r}): not a built directory, and tfds says: {first}"
+                           ) from None

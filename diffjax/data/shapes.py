@@ -24,6 +24,8 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffjax.spec import ConfigError
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 
 # Well separated in RGB (pairwise distance >= ~110) so a colour name is never ambiguous.
@@ -93,6 +95,30 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
+class DatasetError(ConfigError):
+    """A dataset cannot be built or opened as asked: a missing folder or split, a folder
+    with no usable image, a size the trainers refuse (the message names it)."""
+
+
+MIN_RESOLUTION = 16   # ShapesConfig's floor: below it the shapes' geometry degenerates
+
+
+def check_request(resolution: int, split_sizes: dict[str, int]) -> None:
+    """Refuse, before anything is written, a shapes build the library could not use."""
+    if (isinstance(resolution, bool) or not isinstance(resolution, int)
+            or resolution < MIN_RESOLUTION):
+        raise DatasetError(f"shapes resolution must be an integer >= {MIN_RESOLUTION} (the "
+                           f"shapes' geometry needs it), got {resolution!r}")
+    unknown = sorted(set(split_sizes) - set(SPLITS))
+    if unknown:
+        raise DatasetError(f"shapes split sizes name unknown splits {unknown}")
+    bad = {k: v for k, v in split_sizes.items() if not isinstance(v, int) or v < 0}
+    if bad or not any(split_sizes.values()):
+        raise DatasetError(f"shapes split sizes must be integers >= 0, at least one > 0, got "
+                           f"{dict(split_sizes)}")
+
+
+
 @dataclasses.dataclass(frozen=True)
 class ShapesConfig:
     """Dataset-level options; the same config must be used to build and to check."""
@@ -102,8 +128,9 @@ class ShapesConfig:
                                                 ("holdout", 1000))
 
     def __post_init__(self):
-        if self.resolution < 16:
-            raise ValueError(f"ShapesConfig.resolution must be >= 16, got {self.resolution}")
+        if self.resolution < MIN_RESOLUTION:
+            raise ValueError(f"ShapesConfig.resolution must be >= {MIN_RESOLUTION}, got "
+                             f"{self.resolution}")
 
 
 @dataclasses.dataclass(frozen=True)

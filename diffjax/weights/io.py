@@ -59,11 +59,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        out = {}
-        with safe_open(path, framework="flax") as f:
-            for key in f.keys():
-                out[key] = np.asarray(f.get_tensor(key))
+        out = _read_safetensors(path)
+        check_finite(out, path)
         return out
     if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
         try:
@@ -72,10 +69,50 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise WeightsError(
                 f"{path!r} is a PyTorch pickle; reading it needs torch, which is not "
                 "installed. Convert it to .safetensors, or install torch.") from e
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd)
-        return {k: _torch_to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise WeightsError(f"weights file {path!r} cannot be read as a PyTorch "
+                               f"checkpoint ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        if not isinstance(sd, dict):
+            raise WeightsError(f"weights file {path!r} holds {type(sd).__name__}; expected a "
+                               "state dict")
+        out = {k: _torch_to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
+        check_finite(out, path)
+        return out
     raise WeightsError(f"{path!r}: unknown weights format (expected .safetensors or .bin)")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file; a truncated or corrupted file is a WeightsError
+    naming it (not the reader's own exception)."""
+    from safetensors import SafetensorError, safe_open
+    out = {}
+    try:
+        with safe_open(path, framework="flax") as f:
+            for key in f.keys():
+                out[key] = np.asarray(f.get_tensor(key))
+    except (SafetensorError, OSError, ValueError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise WeightsError(f"weights file {path!r} is truncated or corrupted (safetensors: "
+                           f"{detail}); re-download or re-convert it") from None
+    return out
+
+
+def check_finite(state: Mapping[str, np.ndarray], what: str = "checkpoint") -> None:
+    """Raise WeightsError naming the tensors holding NaN or inf: such weights (a corrupted
+    download, random bytes in a payload, a diverged run) give black images, silently."""
+    bad = []
+    for key, value in state.items():
+        a = np.asarray(value)
+        if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
+            if not np.isfinite(a.astype(np.float32) if a.dtype.kind != "f" else a).all():
+                bad.append(key)
+    if bad:
+        raise WeightsError(f"{what}: {len(bad)} tensor(s) hold NaN or inf: {_fmt_items(bad, 5)}"
+                           "; the file is corrupted or the weights diverged")
 
 
 def _torch_to_numpy(t):
