@@ -13,6 +13,15 @@ The program composes `diffusion/`'s pieces: the network (wrapped with the inpain
 network's extra channels when it has them) -> guidance (`diffusion.guidance`) -> the VP
 denoiser -> the sampler, started from noise or from the init image
 (`diffusion.image_conditioning.FromImage`).
+
+SDXL (`Components.is_sdxl`) is the same program with a pytree context: the ids are a tuple
+(one [B, 77] array per text tower), and the context the sampler carries per sample is
+{"context": both towers' `hidden_states[-(clip_skip + 2)]` concatenated, "text_embeds": the
+second tower's pooled projection, "time_ids": the micro-conditioning}, exactly as diffusers'
+`StableDiffusionXLPipeline.encode_prompt` / `_get_add_time_ids` build them; guidance stacks
+the pytree (cond and uncond in one UNet call). `denoising_end` / `denoising_start` cut the
+sigma grid where diffusers cuts its timesteps (`split_index`), and `BaseRefiner` hands the
+base's latents to the refiner ("ensemble of experts").
 """
 
 from __future__ import annotations
@@ -49,6 +58,26 @@ class SampleSpec:
     dtype: typing.Literal["float32", "bfloat16"] = "float32"
     attention: typing.Literal["auto", "xla", "cudnn", "chunked"] = "auto"
     mesh_shape: tuple[int, ...] = (-1, 1, 1)
+    # SDXL (ignored by SD1/SD2 models). prompt_2 / negative_prompt_2: what the second text
+    # tower reads ("" = the prompt / negative prompt, as diffusers).
+    prompt_2: str = ""
+    negative_prompt_2: str = ""
+    # micro-conditioning, (height, width) pairs and (top, left); () = diffusers' default:
+    # the output size (negative_*: the positive ones)
+    original_size: tuple[int, ...] = ()
+    crops_coords_top_left: tuple[int, ...] = (0, 0)
+    target_size: tuple[int, ...] = ()
+    negative_original_size: tuple[int, ...] = ()
+    negative_crops_coords_top_left: tuple[int, ...] = (0, 0)
+    negative_target_size: tuple[int, ...] = ()
+    aesthetic_score: float = 6.0            # models with requires_aesthetics_score (refiner)
+    negative_aesthetic_score: float = 2.5
+    # ensemble of experts: the base stops at denoising_end, the refiner starts at
+    # denoising_start (fractions of the training timesteps; see `split_index`)
+    denoising_start: float = 0.0
+    denoising_end: float = 1.0
+    refiner: str = ""                       # a refiner model: the base hands over at
+    refiner_switch: float = 0.8             # refiner_switch (its denoising_end/_start)
 
     def __post_init__(self):
         from diffjax.diffusion.samplers import check_options
@@ -62,6 +91,28 @@ class SampleSpec:
         check_range("clip_skip", self.clip_skip, lo=-1)
         check_range("height", self.height, lo=0)
         check_range("width", self.width, lo=0)
+        for name in ("original_size", "crops_coords_top_left", "target_size",
+                     "negative_original_size", "negative_crops_coords_top_left",
+                     "negative_target_size"):
+            value = getattr(self, name)
+            try:
+                value = tuple(int(v) for v in value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be two integers, got {value!r}") from None
+            if len(value) not in (0, 2) or any(v < 0 for v in value):
+                raise ConfigError(f"{name} must be two integers >= 0 (height, width / top, "
+                                  f"left) or empty, got {value!r}")
+            object.__setattr__(self, name, value)
+        check_range("denoising_start", self.denoising_start, lo=0.0, hi=1.0)
+        check_range("denoising_end", self.denoising_end, lo=0.0, hi=1.0)
+        if self.denoising_start >= self.denoising_end:
+            raise ConfigError(f"denoising_start {self.denoising_start} must be below "
+                              f"denoising_end {self.denoising_end}")
+        if self.refiner:
+            check_range("refiner.switch", self.refiner_switch, lo=0.0, hi=1.0)
+            if not 0.0 < self.refiner_switch < 1.0:
+                raise ConfigError(f"refiner.switch {self.refiner_switch} must be strictly "
+                                  "between 0 and 1 (the base's share of the denoising)")
 
 
 def sampler_options_of(sampler_config) -> dict:
@@ -94,7 +145,25 @@ def spec_from_config(config) -> SampleSpec:
         guidance_scale=config.guidance_scale, guidance_rescale=config.guidance_rescale,
         height=config.height, width=config.width, clip_skip=config.clip_skip,
         batch_size=config.batch_size, dtype=config.dtype, attention=config.attention,
-        mesh_shape=tuple(config.mesh.shape)), SampleSpec)
+        mesh_shape=tuple(config.mesh.shape), **sdxl_fields_of(config)), SampleSpec)
+
+
+SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords_top_left",
+             "target_size", "negative_original_size", "negative_crops_coords_top_left",
+             "negative_target_size", "aesthetic_score", "negative_aesthetic_score",
+             "denoising_start", "denoising_end")
+
+
+def sdxl_fields_of(config) -> dict:
+    """The SDXL keys a sample config has (a config.json from before them has none: their
+    defaults), with `refiner.model` / `refiner.switch` as SampleSpec's refiner fields."""
+    out = {k: (tuple(config[k]) if isinstance(config[k], (tuple, list)) else config[k])
+           for k in SDXL_KEYS if k in config}
+    refiner = config.get("refiner")
+    if refiner is not None:
+        out.update(refiner=refiner.get("model", ""),
+                   refiner_switch=refiner.get("switch", 0.8))
+    return out
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -137,14 +206,23 @@ class TextToImage:
                  init: InitImage | None = None):
         """devices: the devices of the mesh (default all); output: "images" or "latents"
         (the sampler's result before decoding, for determinism checks and studies);
-        init: img2img / inpainting from an init image (and mask)."""
+        init: img2img / inpainting from an init image (and mask). With
+        spec.denoising_start > 0 the program continues given latents instead (a refiner
+        after its base: `generate_local(..., latents=...)`)."""
         from diffjax import sharding
         from diffjax.diffusion import schedules
-        from diffjax.text import load_tokenizer
+        from diffjax.text import BANG_PAD, load_tokenizer
         from diffjax.weights.components import resolve_clip_skip
         self.components, self.spec = components, spec
         c = components
-        self.tokenizer = load_tokenizer(c.tokenizer_dir)
+        self.sdxl = c.is_sdxl
+        self.tokenizers = []
+        if c.text_config is not None:
+            self.tokenizers.append(load_tokenizer(c.tokenizer_dir))
+        if self.sdxl:   # the packaged vocabulary as bigG's tokenizer pads with "!"
+            self.tokenizers.append(load_tokenizer(c.tokenizer_2_dir, pad_token=None
+                                                  if c.tokenizer_2_dir else BANG_PAD))
+        self.tokenizer = self.tokenizers[0]
         if output not in ("images", "latents"):
             raise ValueError(f"output must be 'images' or 'latents', got {output!r}")
         self.output = output
@@ -152,6 +230,13 @@ class TextToImage:
         native = c.unet_config.sample_size * self.vae_factor
         self.height, self.width = spec.height or native, spec.width or native
         self.init = init
+        if init is not None and spec.denoising_start > 0:
+            raise ConfigError("denoising_start continues given latents; it takes no init "
+                              "image (use strength for img2img)")
+        for name, v in (("height", self.height), ("width", self.width)):
+            if v % self.vae_factor:   # the UNet takes any latent size (skips upsampled to fit)
+                raise ConfigError(f"{name} {v} is not a multiple of {self.vae_factor}, the "
+                                  f"VAE's size factor")
         if init is not None:       # inputs are checked before the model is placed
             image, mask = self._check_init(init)
         self.mesh = sharding.make_mesh(spec.mesh_shape, devices)
@@ -161,12 +246,6 @@ class TextToImage:
                 f"batch_size {spec.batch_size} cannot be split over the mesh's data axes "
                 f"(data x fsdp = {n_data}, mesh {dict(self.mesh.shape)}); use a multiple "
                 f"of {n_data}")
-        factor = self.vae_factor * c.unet_config.downsample_factor
-        for name, v in (("height", self.height), ("width", self.width)):
-            if v % factor:
-                raise ConfigError(f"{name} {v} is not a multiple of {factor}, the model's "
-                                  f"size factor (VAE x{self.vae_factor}, UNet "
-                                  f"x{c.unet_config.downsample_factor})")
         self.clip_skip = resolve_clip_skip(spec.clip_skip, c)
         sched = c.scheduler
         ac = schedules.alphas_cumprod_for(sched["beta_schedule"], sched["num_train_timesteps"],
@@ -174,6 +253,19 @@ class TextToImage:
                                           sched.get("rescale_betas_zero_snr", False))
         self.train_sigmas = schedules.sigmas_from_alphas_cumprod(ac)
         self.sigmas = schedules.make_sigmas(spec.schedule, spec.steps, self.train_sigmas)
+        T = sched["num_train_timesteps"]
+        self.end_index = (split_index(self.sigmas, self.train_sigmas, spec.denoising_end, T)
+                          if spec.denoising_end < 1.0 else spec.steps)
+        self.begin_index = (split_index(self.sigmas, self.train_sigmas, spec.denoising_start,
+                                        T) if spec.denoising_start > 0 else 0)
+        if init is None and self.end_index <= self.begin_index:
+            raise ConfigError(f"denoising_start {spec.denoising_start} / denoising_end "
+                              f"{spec.denoising_end} leave no step of the {spec.steps}")
+        if self.sdxl:
+            self.time_ids = sdxl_time_ids(spec, self.height, self.width,
+                                          c.requires_aesthetics_score, init is not None)
+            check_time_ids(c, self.time_ids[0].shape[0])
+            self._empty_ids = tuple(t.tokenize([""]).ids[0] for t in self.tokenizers)
         self._place_params()
         rep = sharding.replicated(self.mesh)
         if init is None:
@@ -181,14 +273,22 @@ class TextToImage:
         else:                      # the init image and mask: replicated inputs
             put = lambda a: jax.make_array_from_callback(a.shape, rep, lambda i: a[i])  # noqa
             self.image_inputs = (put(image), put(mask))
+        extra = ((sharding.batch_sharding(self.mesh, 4),) if spec.denoising_start > 0
+                 else tuple(rep for _ in self.image_inputs))
         self._jitted = jax.jit(self._generate,
                                in_shardings=(self.param_shardings,
                                              sharding.batch_sharding(self.mesh, 2),
                                              sharding.batch_sharding(self.mesh, 2),
                                              sharding.batch_sharding(self.mesh, 1),
-                                             *(rep for _ in self.image_inputs)),
+                                             *extra),
                                out_shardings=sharding.batch_sharding(self.mesh, 4))
         self._compiled = {}
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """One sample's latent [h, w, c] (the sampler's state)."""
+        return (self.height // self.vae_factor, self.width // self.vae_factor,
+                self.components.vae_config.latent_channels)
 
     def _check_init(self, init: InitImage):
         """The init image and mask as checked arrays (the mask all zeros without one); sets
@@ -220,59 +320,132 @@ class TextToImage:
         return image, mask
 
     # -- params, born sharded ------------------------------------------------------------
+    def _text_modules(self):
+        """(params key, CLIPTextModel) per text tower, in diffusers' order."""
+        from diffjax.models.clip import CLIPTextModel
+        c = self.components
+        return [(key, CLIPTextModel(cfg)) for key, cfg in (("text", c.text_config),
+                                                            ("text_2", c.text_config_2))
+                if cfg is not None]
+
     def _modules(self):
+        """(first text tower or None, UNet, VAE). The VAE computes in the job's dtype unless
+        its config has force_upcast (diffusers' rule: SD's and SDXL's VAEs overflow in half
+        precision), then in float32."""
         from diffjax.models.clip import CLIPTextModel
         from diffjax.models.unet import UNet2DConditionModel
         from diffjax.models.vae import AutoencoderKL
         c = self.components
-        return (CLIPTextModel(c.text_config), UNet2DConditionModel(c.unet_config),
-                AutoencoderKL(c.vae_config))
+        vae_dtype = ("float32" if getattr(c.vae_config, "force_upcast", True)
+                     else self.spec.dtype)
+        text = CLIPTextModel(c.text_config) if c.text_config is not None else None
+        return (text, UNet2DConditionModel(c.unet_config),
+                AutoencoderKL(dataclasses.replace(c.vae_config, dtype=vae_dtype)))
+
+    def _abstract_and_params(self):
+        """({params key: boxed abstract params}, {params key: params}) of every network."""
+        from diffjax.models.abstract import abstract_params
+        c = self.components
+        rows = [("text", c.text_config, c.text_params), ("text_2", c.text_config_2,
+                                                          c.text_params_2),
+                ("unet", c.unet_config, c.unet_params), ("vae", c.vae_config, c.vae_params)]
+        rows = [r for r in rows if r[1] is not None]
+        return ({k: abstract_params(cfg) for k, cfg, _ in rows}, {k: p for k, _, p in rows})
 
     def _place_params(self):
         from diffjax import sharding
-        from diffjax.models.abstract import abstract_params
-        c = self.components
-        boxed = {"text": abstract_params(c.text_config), "unet": abstract_params(c.unet_config),
-                 "vae": abstract_params(c.vae_config)}
+        boxed, params = self._abstract_and_params()
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
-        params = {"text": c.text_params, "unet": c.unet_params, "vae": c.vae_params}
         self.params = jax.device_put(params, self.param_shardings)
 
     # -- the one jitted function -----------------------------------------------------------
-    def encode_text(self, params, ids):
-        """Token ids [B, L] -> the UNet's context [B, L, D] (at the resolved clip_skip)."""
-        text, _, _ = self._modules()
-        return text.apply({"params": params["text"]}, ids, clip_skip=self.clip_skip).context
+    def encode_text(self, params, ids, clip_skip: int | None = None):
+        """Token ids -> the UNet's context (at the resolved clip_skip).
 
-    def _generate(self, params, ids, neg_ids, seeds, *image_inputs):
-        return self.generate_from_context(params, self.encode_text(params, ids),
-                                          self.encode_text(params, neg_ids), seeds,
-                                          *image_inputs)
+        SD1/SD2: ids [B, L] -> context [B, L, D]. SDXL: ids a tuple of [B, L] (one per
+        tower) -> {"context": [B, L, D1 + D2], "text_embeds": [B, P]}: each tower's
+        `hidden_states[-(clip_skip + 2)]` (no final layer norm) concatenated, and the
+        last tower's pooled projection (diffusers' `encode_prompt`)."""
+        clip_skip = self.clip_skip if clip_skip is None else clip_skip
+        towers = self._text_modules()
+        if not self.sdxl:
+            key, text = towers[0]
+            return text.apply({"params": params[key]}, ids, clip_skip=clip_skip).context
+        outs = [text.apply({"params": params[key]}, i) for (key, text), i in zip(towers, ids)]
+        context = jnp.concatenate([o.hidden_states[-(clip_skip + 2)] for o in outs], -1)
+        return {"context": context, "text_embeds": outs[-1].pooled}
+
+    def _sdxl_contexts(self, params, ids, neg_ids):
+        """(context, uncontext) as diffusers' `encode_prompt` builds them, prompts and
+        negative prompts through each tower in ONE batched call. The negatives' context is
+        the penultimate layer whatever clip_skip (diffusers ignores clip_skip for them);
+        rows with no negative prompt get zeros (embeddings and pooled) when the model has
+        force_zeros_for_empty_prompt (an empty negative prompt is diffusers'
+        `negative_prompt=None`)."""
+        b = ids[0].shape[0]
+        outs = [text.apply({"params": params[key]}, jnp.concatenate([i, n]))
+                for (key, text), i, n in zip(self._text_modules(), ids, neg_ids)]
+        pick = lambda skip, rows: {  # noqa: E731
+            "context": jnp.concatenate([o.hidden_states[-(skip + 2)][rows] for o in outs], -1),
+            "text_embeds": outs[-1].pooled[rows]}
+        context, unctx = pick(self.clip_skip, slice(0, b)), pick(0, slice(b, 2 * b))
+        if self.components.force_zeros_for_empty_prompt:
+            empty = jnp.all(neg_ids[0] == jnp.asarray(self._empty_ids[0])[None], axis=-1)
+            unctx = jax.tree.map(
+                lambda u: jnp.where(empty.reshape((-1,) + (1,) * (u.ndim - 1)), 0.0, u)
+                .astype(u.dtype), unctx)
+        return context, unctx
+
+    def _generate(self, params, ids, neg_ids, seeds, *extra):
+        if not self.sdxl:
+            return self.generate_from_context(params, self.encode_text(params, ids),
+                                              self.encode_text(params, neg_ids), seeds,
+                                              *extra)
+        context, uncontext = self._sdxl_contexts(params, ids, neg_ids)
+        b = seeds.shape[0]
+        pos, neg = self.time_ids
+        context["time_ids"] = jnp.broadcast_to(jnp.asarray(pos), (b, pos.shape[0]))
+        uncontext["time_ids"] = jnp.broadcast_to(jnp.asarray(neg), (b, neg.shape[0]))
+        return self.generate_from_context(params, context, uncontext, seeds, *extra)
 
     def generate_from_context(self, params, context, uncontext, seeds, image=None, mask=None):
-        """The sample program after the text encoder: (context, uncontext) [B, L, D] and
-        seeds [B] (and, with an InitImage, the checked image and mask) -> images (or
-        latents). Separate so that studies can condition on states no caption produces
-        (tools/mini_heldout_probes.py splices two captions')."""
+        """The sample program after the text encoder: (context, uncontext) [B, L, D] (SDXL:
+        pytrees of per-sample arrays, see `encode_text`) and seeds [B] (and, with an
+        InitImage, the checked image and mask; with denoising_start, the latents [B, h, w,
+        c] to continue in `image`'s place) -> images (or latents). Separate so that
+        studies can condition on states no caption produces (tools/mini_heldout_probes.py
+        splices two captions')."""
         from diffjax.diffusion import image_conditioning as ic
         from diffjax.diffusion.denoisers import vp_denoiser
         from diffjax.diffusion.guidance import guided_model
         from diffjax.diffusion.sample import FromNoise, sample
+        from diffjax.models.vae import from_unet_latents, to_unet_latents
         _, unet, vae = self._modules()
         spec, c = self.spec, self.components
-        sf, f = c.vae_config.scaling_factor, self.vae_factor
+        f = self.vae_factor
         vae_vars = {"params": params["vae"]}
 
         def network(x, t, ctx):
+            if isinstance(ctx, dict):       # SDXL: pooled text embedding and time ids
+                added = {"text_embeds": ctx["text_embeds"], "time_ids": ctx["time_ids"]}
+                return unet.apply({"params": params["unet"]}, x, t, ctx["context"],
+                                  added_cond=added)
             return unet.apply({"params": params["unet"]}, x, t, ctx)
 
         def encode_image(im):
-            return vae.apply(vae_vars, im[None] * 2.0 - 1.0, method=vae.encode).mode()[0] * sf
+            return to_unet_latents(c.vae_config, vae.apply(
+                vae_vars, im[None] * 2.0 - 1.0, method=vae.encode).mode()[0])
+
+        def decode(latents):
+            return vae.apply(vae_vars, from_unet_latents(c.vae_config, latents),
+                             method=vae.decode)
 
         blend = False
-        if image is None:
-            lh, lw = self.height // f, self.width // f
-            shape, sigmas, start = (lh, lw, c.unet_config.in_channels), self.sigmas, FromNoise("vp")
+        lo, hi = self.begin_index, self.end_index
+        if spec.denoising_start > 0:        # continue the given latents (`image` slot)
+            start, shape = None, self.latent_shape
+        elif image is None:
+            shape, start = self.latent_shape[:2] + (c.unet_config.in_channels,), FromNoise("vp")
         else:
             init_latent = encode_image(image)                      # [h, w, c]
             if self.inpaint_unet:
@@ -280,48 +453,86 @@ class TextToImage:
                                                 encode_image(ic.masked_image(image, mask)), f)
             blend = self.has_mask and not self.inpaint_unet
             keep = 1.0 - ic.latent_mask(mask, f, "max") if blend else None  # 1 = keep
-            shape, sigmas = init_latent.shape, self.sigmas[self.start:]
+            shape, lo = init_latent.shape, self.start
             start = ic.FromImage(init_latent, keep, full_strength=self.start == 0)
+        sigmas = self.sigmas[lo:max(hi, lo) + 1]
         denoise = vp_denoiser(guided_model(network, spec.guidance_scale, spec.guidance_rescale),
                               self.train_sigmas, c.scheduler["prediction_type"])
-        if image is not None and self.start == len(self.sigmas) - 1:  # no step: the image
+        cond = (context, uncontext)
+        if start is None:
+            latents = continue_latents(lambda x, s, cd: denoise(x, s, *cd), image, seeds,
+                                       spec.sampler, sigmas, cond,
+                                       dict(spec.sampler_options))
+        elif sigmas.shape[0] == 1:          # no step: the image (or x_T)
             latents = jnp.broadcast_to(init_latent, (seeds.shape[0], *shape))
         else:
-            latents = sample(lambda x, s, cond: denoise(x, s, *cond), shape, seeds,
-                             spec.sampler, sigmas, cond=(context, uncontext),
+            latents = sample(lambda x, s, cd: denoise(x, s, *cd), shape, seeds,
+                             spec.sampler, sigmas, cond=cond,
                              options=dict(spec.sampler_options), initial_state=start)
         if self.output == "latents":
             return latents
-        images = vae.apply(vae_vars, latents / sf, method=vae.decode)
+        images = decode(latents)
         if blend and self.init.paste_back:
-            images = ic.paste_back(images, vae.apply(vae_vars, init_latent[None] / sf,
-                                                     method=vae.decode), mask)
+            images = ic.paste_back(images, decode(init_latent[None]), mask)
         return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
     # -- running ---------------------------------------------------------------------------
-    def _global_inputs(self, prompts, negatives, seeds):
+    def _ids(self, prompts, prompts_2):
+        """Token ids of one padded batch: an array, or with SDXL a tuple per tower (the
+        first tower reads `prompts`, the second `prompts_2`; the refiner's only tower
+        reads `prompts`, as diffusers zips prompts with the tokenizers present)."""
+        if not self.sdxl:
+            return self.tokenizer.tokenize(prompts).ids
+        texts = [prompts, [p2 or p for p, p2 in zip(prompts, prompts_2)]]
+        return tuple(t.tokenize(x).ids for t, x in zip(self.tokenizers, texts))
+
+    def _global_inputs(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None,
+                       latents=None):
         from diffjax import sharding
         n, b = len(prompts), self.spec.batch_size
         if not 0 < n <= b:
             raise ValueError(f"a call takes 1..{b} items (batch_size), got {n}")
         pad = lambda xs: list(xs) + [xs[-1]] * (b - n)  # noqa: E731  (padding is dropped)
-        ids = self.tokenizer.tokenize(pad(prompts)).ids
-        neg = self.tokenizer.tokenize(pad(negatives)).ids
+        p2 = pad(prompts_2 or [self.spec.prompt_2] * n)
+        n2 = pad(negatives_2 or [self.spec.negative_prompt_2] * n)
+        ids = self._ids(pad(prompts), p2)
+        neg = self._ids(pad(negatives), n2)
         seeds = np.asarray(pad([int(s) for s in seeds]), np.uint32)
 
         def put(a, ndim):
             sh = sharding.batch_sharding(self.mesh, ndim)
             return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
-        return put(ids, 2), put(neg, 2), put(seeds, 1), *self.image_inputs
+        ids, neg = (jax.tree.map(lambda a: put(a, 2), x) for x in (ids, neg))
+        if self.spec.denoising_start > 0:
+            if latents is None:
+                raise ValueError("denoising_start > 0: give the latents to continue")
+            if latents.shape[0] != b:     # a refiner after its base gets the base's rows
+                latents = np.asarray(latents)
+                latents = np.concatenate([latents, np.repeat(latents[-1:], b - n, 0)])
+            if not isinstance(latents, jax.Array) or latents.sharding != \
+                    sharding.batch_sharding(self.mesh, 4):
+                latents = put(np.asarray(latents, np.float32), 4)
+            return ids, neg, put(seeds, 1), latents
+        return ids, neg, put(seeds, 1), *self.image_inputs
+
+    def input_structs(self, batch_size: int | None = None):
+        """The abstract inputs of the sample program after `params` (ids, neg_ids, seeds,
+        extra): what `lower` needs, from shapes alone."""
+        b = batch_size or self.spec.batch_size
+        one = jax.ShapeDtypeStruct((b, self.tokenizer.max_length), jnp.int32)
+        ids = tuple(one for _ in self.tokenizers) if self.sdxl else one
+        seeds = jax.ShapeDtypeStruct((b,), jnp.uint32)
+        extra = ((jax.ShapeDtypeStruct((b, *self.latent_shape), jnp.float32),)
+                 if self.spec.denoising_start > 0 else self.image_inputs)
+        return ids, ids, seeds, *extra
 
     def _executable(self):
         b = self.spec.batch_size
         if b not in self._compiled:
-            ids = jax.ShapeDtypeStruct((b, self.tokenizer.max_length), jnp.int32)
-            seeds = jax.ShapeDtypeStruct((b,), jnp.uint32)
-            self._compiled[b] = self._jitted.lower(self.params, ids, ids, seeds,
-                                                   *self.image_inputs).compile()
+            self._compiled[b] = self._jitted.lower(self.params,
+                                                   *self.input_structs(b)).compile()
         return self._compiled[b]
+
     def compile_seconds(self, batch_size: int | None = None) -> float:
         """Compile (or load from the persistent cache) now; return the seconds it took."""
         t0 = time.perf_counter()
@@ -334,30 +545,26 @@ class TextToImage:
         device before it runs. Empty where the backend gives no analysis."""
         return memory_plan(self._executable())
 
-    def generate_local(self, prompts: Sequence[str], negatives: Sequence[str],
-                       seeds: Sequence[int]):
-        """One fixed-size batch. Returns (images [n, H, W, 3] float32 in [0, 1], positions
-        this process owns) — every position on one process; on many, each writes its own."""
-        n = len(prompts)
-        out = self._executable()(self.params, *self._global_inputs(prompts, negatives, seeds))
-        images = np.zeros((n, *out.shape[1:]), np.float32)
-        owner: dict[int, int] = {}
-        for device, index in out.sharding.devices_indices_map(out.shape).items():
-            rows = range(*index[0].indices(out.shape[0]))
-            for r in rows:
-                owner[r] = min(owner.get(r, device.process_index), device.process_index)
-        me = jax.process_index()
-        for shard in out.addressable_shards:
-            start = shard.index[0].start or 0
-            data = np.asarray(shard.data)
-            for k in range(data.shape[0]):
-                if start + k < n:
-                    images[start + k] = data[k]
-        owned = [r for r in range(n) if owner.get(r) == me]
-        return images, owned
+    def run_global(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None,
+                   latents=None):
+        """One fixed-size batch as the program's global output array (batch-sharded;
+        rows past len(prompts) are padding)."""
+        return self._executable()(self.params, *self._global_inputs(
+            prompts, negatives, seeds, prompts_2, negatives_2, latents))
 
-    def __call__(self, prompts, seeds, negative_prompts=None) -> np.ndarray:
-        """Images [len(prompts), H, W, 3] float32 in [0, 1] (single-process use)."""
+    def generate_local(self, prompts: Sequence[str], negatives: Sequence[str],
+                       seeds: Sequence[int], prompts_2=None, negatives_2=None, latents=None):
+        """One fixed-size batch. Returns (images [n, H, W, 3] float32 in [0, 1], positions
+        this process owns) — every position on one process; on many, each writes its own.
+        prompts_2 / negatives_2: SDXL's second-tower texts per item (default the spec's);
+        latents: what a denoising_start > 0 program continues."""
+        n = len(prompts)
+        out = self.run_global(prompts, negatives, seeds, prompts_2, negatives_2, latents)
+        return local_rows(out, n)
+
+    def __call__(self, prompts, seeds, negative_prompts=None, latents=None) -> np.ndarray:
+        """Images [len(prompts), H, W, 3] float32 in [0, 1] (single-process use); latents
+        [len(prompts), h, w, c]: what a denoising_start > 0 program continues."""
         if isinstance(prompts, str):
             prompts = [prompts] * len(seeds)
         if len(prompts) != len(seeds):
@@ -366,7 +573,8 @@ class TextToImage:
         if isinstance(negatives, str):
             negatives = [negatives] * len(prompts)
         b = self.spec.batch_size
-        chunks = [self.generate_local(prompts[i:i + b], negatives[i:i + b], seeds[i:i + b])[0]
+        chunks = [self.generate_local(prompts[i:i + b], negatives[i:i + b], seeds[i:i + b],
+                                      latents=None if latents is None else latents[i:i + b])[0]
                   for i in range(0, len(prompts), b)]
         return np.concatenate(chunks)
 
@@ -386,7 +594,172 @@ class TextToImage:
             meta.update(init_image_sha256=self.init_image_hash, strength=self.strength)
             if self.has_mask:
                 meta["mask_sha256"] = self.mask_hash
+        if self.sdxl:
+            pos, neg = self.time_ids
+            meta.update(time_ids=[float(v) for v in pos],
+                        negative_time_ids=[float(v) for v in neg])
+            if s.prompt_2 or s.negative_prompt_2:
+                meta.update(prompt_2=s.prompt_2, negative_prompt_2=s.negative_prompt_2)
+        if s.denoising_end < 1.0:
+            meta["denoising_end"] = s.denoising_end
+        if s.denoising_start > 0.0:
+            meta["denoising_start"] = s.denoising_start
         return meta
+
+
+def local_rows(out, n: int):
+    """(rows [n, ...] of a batch-sharded global array this process can read, positions it
+    owns): each row belongs to the lowest process index holding it."""
+    images = np.zeros((n, *out.shape[1:]), np.float32)
+    owner: dict[int, int] = {}
+    for device, index in out.sharding.devices_indices_map(out.shape).items():
+        rows = range(*index[0].indices(out.shape[0]))
+        for r in rows:
+            owner[r] = min(owner.get(r, device.process_index), device.process_index)
+    me = jax.process_index()
+    for shard in out.addressable_shards:
+        start = shard.index[0].start or 0
+        data = np.asarray(shard.data)
+        for k in range(data.shape[0]):
+            if start + k < n:
+                images[start + k] = data[k]
+    owned = [r for r in range(n) if owner.get(r) == me]
+    return images, owned
+
+
+class BaseRefiner:
+    """SDXL's ensemble of experts: the base denoises down to `spec.refiner_switch`
+    (denoising_end), its latents stay on the devices and the refiner continues from there
+    (denoising_start), both with the job's sampler, steps and schedule, as diffusers'
+    base(denoising_end=s, output_type="latent") -> refiner(image=latents,
+    denoising_start=s). Same interface as TextToImage for commands."""
+
+    def __init__(self, base, refiner, spec: SampleSpec, devices=None,
+                 output: str = "images", init: InitImage | None = None):
+        """base / refiner: Components."""
+        base_spec = dataclasses.replace(spec, refiner="", denoising_end=spec.refiner_switch)
+        ref_spec = dataclasses.replace(spec, refiner="", denoising_start=spec.refiner_switch)
+        self.spec = spec
+        self.base = TextToImage(base, base_spec, devices, output="latents", init=init)
+        self.refiner = TextToImage(refiner, ref_spec, devices, output=output)
+        if self.base.latent_shape != self.refiner.latent_shape:
+            raise ConfigError(f"refiner latents {self.refiner.latent_shape} differ from the "
+                              f"base's {self.base.latent_shape}")
+        self.height, self.width = self.base.height, self.base.width
+        self.components = base
+
+    def compile_seconds(self, batch_size: int | None = None) -> float:
+        return self.base.compile_seconds() + self.refiner.compile_seconds()
+
+    def memory_plan(self) -> dict:
+        return {"base": self.base.memory_plan(), "refiner": self.refiner.memory_plan()}
+
+    def generate_local(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None):
+        latents = self.base.run_global(prompts, negatives, seeds, prompts_2, negatives_2)
+        out = self.refiner.run_global(prompts, negatives, seeds, prompts_2, negatives_2,
+                                      latents=latents)
+        return local_rows(out, len(prompts))
+
+    def __call__(self, prompts, seeds, negative_prompts=None) -> np.ndarray:
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(seeds)
+        negatives = negative_prompts or [""] * len(prompts)
+        if isinstance(negatives, str):
+            negatives = [negatives] * len(prompts)
+        b = self.spec.batch_size
+        return np.concatenate([self.generate_local(prompts[i:i + b], negatives[i:i + b],
+                                                   seeds[i:i + b])[0]
+                               for i in range(0, len(prompts), b)])
+
+    def metadata(self, prompt: str, negative_prompt: str, seed: int) -> dict:
+        meta = self.base.metadata(prompt, negative_prompt, seed)
+        meta.pop("denoising_end", None)
+        meta.update(refiner=self.refiner.components.name,
+                    refiner_switch=self.spec.refiner_switch)
+        return meta
+
+
+# ----------------------------------------------------------------------------------------
+# SDXL pieces: pure functions of the spec and arrays
+# ----------------------------------------------------------------------------------------
+def sdxl_time_ids(spec: SampleSpec, height: int, width: int, aesthetics: bool,
+                  img2img: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(time ids, negative time ids) float32, as diffusers' SDXL pipelines build them:
+    original_size + crops_coords_top_left + target_size (defaults: the output size, (0,
+    0)); with requires_aesthetics_score the target size is replaced by the aesthetic
+    score (the refiner). Negative ones: text-to-image uses the positive ids unless both
+    negative sizes are given; img2img (StableDiffusionXLImg2ImgPipeline) defaults each
+    negative size to the positive one and, without aesthetics, uses the POSITIVE crop."""
+    size = (height, width)
+    orig, target = spec.original_size or size, spec.target_size or size
+    crop = spec.crops_coords_top_left
+    neg_orig, neg_target = spec.negative_original_size, spec.negative_target_size
+    neg_crop = spec.negative_crops_coords_top_left
+    if aesthetics:
+        pos = orig + crop + (spec.aesthetic_score,)
+        neg = (neg_orig or orig) + neg_crop + (spec.negative_aesthetic_score,)
+    elif img2img:
+        pos = orig + crop + target
+        neg = (neg_orig or orig) + crop + (neg_target or target)
+    else:
+        pos = orig + crop + target
+        neg = neg_orig + neg_crop + neg_target if neg_orig and neg_target else pos
+    return np.asarray(pos, np.float32), np.asarray(neg, np.float32)
+
+
+def check_time_ids(components, n_ids: int) -> None:
+    """The UNet's added embedding must take n_ids time ids plus the pooled embedding (a
+    refiner needs requires_aesthetics_score: 5 ids; the base 6)."""
+    u = components.unet_config
+    if getattr(u, "addition_embed_type", None) != "text_time":
+        raise ConfigError(f"model {components.name!r} has two text towers but its UNet has "
+                          "no addition_embed_type 'text_time'")
+    pooled = components.text_config_2.projection_dim or components.text_config_2.hidden_size
+    passed = u.addition_time_embed_dim * n_ids + pooled
+    expected = u.projection_class_embeddings_input_dim
+    if passed != expected:
+        hint = {u.addition_time_embed_dim: " (is requires_aesthetics_score set? the UNet "
+                                           "wants one more time id)",
+                -u.addition_time_embed_dim: " (requires_aesthetics_score is set but the "
+                                            "UNet wants a target size, not a score)"}
+        raise ConfigError(f"the UNet's added embedding takes {expected} inputs but "
+                          f"{n_ids} time ids x {u.addition_time_embed_dim} + pooled "
+                          f"{pooled} = {passed}" + hint.get(expected - passed, ""))
+
+
+def split_index(sigmas, train_sigmas, fraction: float, num_train_timesteps: int) -> int:
+    """Where `denoising_end` = fraction stops a run (and `denoising_start` = fraction
+    starts one) on the sigma grid: the number of steps whose starting sigma has timestep
+    t(sigma) >= round(T - fraction * T), T = num_train_timesteps.
+
+    This is diffusers' rule (it keeps the discrete timesteps >= that cutoff for the base
+    and those below it for the refiner) with each sigma's timestep taken as the continuous
+    t of `schedules.sigma_to_t` (log-sigma interpolation, exact at the training sigmas):
+    for diffusers' own discrete grids (leading, trailing, linspace) it is the same cut,
+    and it puts any other grid (karras, exponential, ...) at the same noise level, so
+    every sampler can hand over. Steps are whole sampler steps (for Heun-type samplers
+    diffusers' +1 rule on doubled timesteps gives the same cut)."""
+    s = np.asarray(sigmas, np.float64)[:-1]
+    log_train = np.log(np.asarray(train_sigmas, np.float64))
+    t = np.interp(np.log(np.maximum(s, 1e-10)), log_train, np.arange(log_train.shape[0]))
+    cutoff = int(round(num_train_timesteps - fraction * num_train_timesteps))
+    return int(np.sum(t >= cutoff - 1e-3))     # integer timesteps up to float32 rounding
+
+
+def continue_latents(denoise, latents, seeds, sampler: str, sigmas, cond, options):
+    """Run `sampler` over `sigmas` from given per-seed latents (a refiner after its base:
+    diffusers adds no noise with denoising_start). Each seed's per-step noise comes from
+    its own key, folded apart from the base's (`diffusion.sample.seed_keys`)."""
+    from diffjax.diffusion.samplers import get_sampler
+    from diffjax.diffusion.sample import seed_keys
+    info = get_sampler(sampler)
+    sigmas = jnp.asarray(sigmas)
+
+    def one(seed, x, c):
+        key = jax.random.fold_in(seed_keys(seed)[1], 1)
+        return info.fn(lambda y, s: denoise(y, s, c), x, sigmas, key, **options)
+
+    return jax.vmap(one)(jnp.asarray(seeds, jnp.uint32), latents.astype(sigmas.dtype), cond)
 
 
 def memory_plan(compiled) -> dict:
@@ -414,4 +787,7 @@ def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> 
     else:
         spec = spec_from_config(config)
     comps = load(path_or_preset, spec.dtype, spec.attention, seed)
+    if spec.refiner:
+        return BaseRefiner(comps, load(spec.refiner, spec.dtype, spec.attention, seed + 10),
+                           spec, **kwargs)
     return TextToImage(comps, spec, **kwargs)

@@ -5,7 +5,10 @@ folder: either the `tokenizer/` folder of a Stable Diffusion checkpoint, or the 
 default built from CLIP's original BPE list by `tools/build_clip_vocab.py`. The id layout is
 CLIP's: <|startoftext|>, at most 75 tokens, <|endoftext|>, then padding to 77. SD1
 tokenizers pad with <|endoftext|> (49407); SD2's pad with "!" (id 0); the folder's
-`special_tokens_map.json` / `tokenizer_config.json` says which.
+`special_tokens_map.json` / `tokenizer_config.json` says which, and the tokenizer follows the
+folder (SDXL's `tokenizer/` pads with eos, its `tokenizer_2/` with "!"). The packaged vocabulary
+can be given another pad token (`pad_token`, e.g. "!" for the SDXL presets' second tokenizer);
+`write_tokenizer_dir` writes such a folder for a diffusers export.
 """
 
 from __future__ import annotations
@@ -82,9 +85,37 @@ class Tokenizer:
         return self.tokenize(prompts).ids
 
 
+# The pad token of OpenCLIP-trained text towers (SD2's, SDXL's bigG): "!", id 0.
+BANG_PAD = "!"
+
+
+def write_tokenizer_dir(dest: str, source: str | None = None,
+                        pad_token: str | None = None) -> None:
+    """Copy a tokenizer folder (None: the packaged vocabulary) to `dest`, with `pad_token`
+    (when given) written into its special_tokens_map.json and tokenizer_config.json, so that
+    transformers' CLIPTokenizer and `load_tokenizer` read the same pad id from it."""
+    import json
+    import shutil
+    shutil.copytree(source or default_tokenizer_dir(), dest, dirs_exist_ok=True)
+    if pad_token is None:
+        return
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = os.path.join(dest, name)
+        d = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        d["pad_token"] = pad_token
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(d, f, indent=2)
+
+
 @functools.lru_cache(maxsize=8)
-def load_tokenizer(folder: str | None = None, max_length: int = MAX_LENGTH) -> Tokenizer:
-    """Load a CLIP tokenizer folder (vocab.json + merges.txt); None = the packaged default."""
+def load_tokenizer(folder: str | None = None, max_length: int = MAX_LENGTH,
+                   pad_token: str | None = None) -> Tokenizer:
+    """Load a CLIP tokenizer folder (vocab.json + merges.txt); None = the packaged default.
+    The pad token is the folder's own; `pad_token` replaces it (the packaged vocabulary as
+    an OpenCLIP tokenizer: "!")."""
     # Without torch, transformers advises that "models won't be available": we only want
     # its tokenizer, so the advice is noise.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -94,7 +125,8 @@ def load_tokenizer(folder: str | None = None, max_length: int = MAX_LENGTH) -> T
     for name in ("vocab.json", "merges.txt"):
         if not os.path.exists(os.path.join(folder, name)):
             raise FileNotFoundError(f"tokenizer folder {folder!r} has no {name}")
-    hf = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    kwargs = {} if pad_token is None else {"pad_token": pad_token}
+    hf = CLIPTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
     # We truncate and report ourselves; stop transformers warning about long prompts.
     hf.model_max_length = int(1e9)
     return Tokenizer(hf, max_length=max_length)

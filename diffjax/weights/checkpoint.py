@@ -9,10 +9,12 @@ Layout (one orbax `Composite` checkpoint, written to a temporary sibling and ren
 place, so a crash never leaves a half-written checkpoint under the final name):
 
     DEST/config/         JSON: format, version, name, the three configs, the noise schedule
-    DEST/text_encoder/   orbax StandardSave of the CLIP text params
+    DEST/text_encoder/   orbax StandardSave of the CLIP text params (absent: SDXL refiner)
+    DEST/text_encoder_2/ SDXL's second (bigG) text tower, when the model has one
     DEST/unet/           orbax StandardSave of the UNet params
     DEST/vae/            orbax StandardSave of the VAE params
     DEST/tokenizer/      the tokenizer files (absent: the packaged CLIP vocabulary)
+    DEST/tokenizer_2/    SDXL's second tokenizer (absent: the packaged one, padding with "!")
 
 Params are stored in the dtype they were loaded in (float32 from a diffusers folder), so a
 round trip through a checkpoint never changes a number.
@@ -36,7 +38,8 @@ def networks():
     """Network item name -> (Components config field, params field, config class).
 
     An explicit table (imported lazily: `diffjax --help` must not import jax) so save and
-    restore walk the same networks in the same way.
+    restore walk the same networks in the same way. A model has the items whose config is
+    not None (`present`): SD1/SD2 lack text_encoder_2, the SDXL refiner text_encoder.
     """
     from diffjax.models.clip import CLIPTextConfig
     from diffjax.models.unet import UNetConfig
@@ -45,7 +48,14 @@ def networks():
         "text_encoder": ("text_config", "text_params", CLIPTextConfig),
         "unet": ("unet_config", "unet_params", UNetConfig),
         "vae": ("vae_config", "vae_params", VAEConfig),
+        "text_encoder_2": ("text_config_2", "text_params_2", CLIPTextConfig),
     }
+
+
+def present(c: Components) -> dict:
+    """The rows of `networks()` that `c` has."""
+    return {name: row for name, row in networks().items()
+            if getattr(c, row[0]) is not None}
 
 
 # ------------------------------------------------------------------------------ configs
@@ -68,9 +78,12 @@ def components_to_json(c: Components) -> dict:
     """Everything about a `Components` except its params and tokenizer files."""
     from diffjax import __version__
     out = dict(format=FORMAT, version=VERSION, diffjax_version=__version__, name=c.name,
-               scheduler=dict(c.scheduler), clip_skip=int(c.clip_skip))
+               scheduler=dict(c.scheduler), clip_skip=int(c.clip_skip),
+               force_zeros_for_empty_prompt=bool(c.force_zeros_for_empty_prompt),
+               requires_aesthetics_score=bool(c.requires_aesthetics_score))
     for config_field, _, _ in networks().values():
-        out[config_field] = _config_to_json(getattr(c, config_field))
+        config = getattr(c, config_field)
+        out[config_field] = None if config is None else _config_to_json(config)
     return out
 
 
@@ -94,12 +107,13 @@ def save_checkpoint(c: Components, path: str, force: bool = False) -> None:
     partial = path + ".partial"
     shutil.rmtree(partial, ignore_errors=True)   # a previous crashed attempt
     args = {name: ocp.args.StandardSave(getattr(c, params_field))
-            for name, (_, params_field, _) in networks().items()}
+            for name, (_, params_field, _) in present(c).items()}
     args[CONFIG_ITEM] = ocp.args.JsonSave(components_to_json(c))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
         ckpt.save(partial, ocp.args.Composite(**args))
-    if c.tokenizer_dir is not None:
-        shutil.copytree(c.tokenizer_dir, os.path.join(partial, "tokenizer"))
+    for sub, folder in (("tokenizer", c.tokenizer_dir), ("tokenizer_2", c.tokenizer_2_dir)):
+        if folder is not None:
+            shutil.copytree(folder, os.path.join(partial, sub))
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(partial, path)
@@ -176,8 +190,11 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
     configs, targets = {}, {}
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     for name, (config_field, _, cls) in table.items():
-        if config_field not in meta:
+        if config_field not in meta and name != "text_encoder_2":  # older: no second tower
             raise WeightsError(f"{path!r}: config item has no {config_field!r}")
+        if meta.get(config_field) is None:
+            configs[name] = None
+            continue
         config = _config_from_json(cls, meta[config_field], f"{path!r} {config_field}")
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items()
                                                 if hasattr(config, k)})
@@ -193,10 +210,13 @@ def load_checkpoint(path: str, dtype: str | None = None, attention: str | None =
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckpt:
         restored = ckpt.restore(path, ocp.args.Composite(
             **{name: ocp.args.StandardRestore(t) for name, t in targets.items()}))
-    tokenizer = os.path.join(path, "tokenizer")
+    folder = lambda sub: (os.path.join(path, sub)  # noqa: E731
+                          if os.path.isdir(os.path.join(path, sub)) else None)
     return Components(
         name=meta.get("name") or os.path.basename(os.path.normpath(path)),
         **{table[n][0]: configs[n] for n in table},
-        **{table[n][1]: restored[n] for n in table},
-        tokenizer_dir=tokenizer if os.path.isdir(tokenizer) else None,
-        scheduler=dict(meta["scheduler"]), clip_skip=int(meta.get("clip_skip", 0)))
+        **{table[n][1]: restored[n] if n in targets else None for n in table},
+        tokenizer_dir=folder("tokenizer"), tokenizer_2_dir=folder("tokenizer_2"),
+        scheduler=dict(meta["scheduler"]), clip_skip=int(meta.get("clip_skip", 0)),
+        force_zeros_for_empty_prompt=bool(meta.get("force_zeros_for_empty_prompt", False)),
+        requires_aesthetics_score=bool(meta.get("requires_aesthetics_score", False)))

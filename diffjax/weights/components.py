@@ -1,7 +1,9 @@
 """A whole model as the pipeline needs it (`Components`), and the models diffjax knows by name.
 
-A `Components` bundle holds the three networks' configs and params, the tokenizer folder and
+A `Components` bundle holds the networks' configs and params, the tokenizer folders and
 the noise schedule the UNet was trained with, whatever format it came from (`load.load`).
+SDXL has a second text encoder (OpenCLIP bigG, `text_config_2`) beside CLIP ViT-L; the SDXL
+refiner has only that second one (`text_config` is None), as diffusers' folders have it.
 By name: presets (published architectures with seeded random weights, for tests and
 benchmarks) and packaged models (trained weights shipped inside the package).
 """
@@ -30,18 +32,47 @@ class Components:
     vision_params: dict | None = None  # has one: CLIP score / Frechet features (diffjax-mini)
     clip_skip: int = 0                 # the text-encoder layer the UNet was trained on (see
     #                                    CLIPTextModel); a sample's clip_skip -1 means this one
+    # SDXL (None / False for SD1/SD2): the second text encoder (`text_encoder_2/`,
+    # `tokenizer_2/`; None: the packaged vocabulary padding with "!") and the pipeline flags
+    # diffusers reads from model_index.json (defaults: its SDXL pipelines' own).
+    text_config_2: object = None
+    text_params_2: dict | None = None
+    tokenizer_2_dir: str | None = None
+    force_zeros_for_empty_prompt: bool = False   # no negative prompt: zero uncond embeddings
+    requires_aesthetics_score: bool = False      # refiner: time ids end with an aesthetic score
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Two-tower (or refiner: second-tower-only) text conditioning with pooled
+        embedding and micro-conditioning time ids."""
+        return self.text_config_2 is not None
+
+    def text_towers(self) -> list[tuple[object, str]]:
+        """The text encoders present, in diffusers' order: (config, params field)."""
+        return [(cfg, field) for cfg, field in ((self.text_config, "text_params"),
+                                                 (self.text_config_2, "text_params_2"))
+                if cfg is not None]
 
 
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                     num_train_timesteps=1000, prediction_type="epsilon",
                     rescale_betas_zero_snr=False)
 
-# preset name -> (CLIP text preset, UNet preset, VAE preset, prediction type)
+# preset name -> (CLIP text preset | None, UNet preset, VAE preset, prediction type[,
+# second (bigG) text preset]): SDXL's have the second tower, the refiner only it.
 PRESET_MODELS = {
     "tiny": ("tiny", "tiny", "tiny", "epsilon"),
     "sd15": ("sd1", "sd15", "sd", "epsilon"),
     "sd21-base": ("sd2", "sd21-base", "sd", "epsilon"),
     "sd21-768": ("sd2", "sd21-768", "sd", "v_prediction"),
+    "sdxl": ("sdxl-l", "sdxl", "sdxl", "epsilon", "sdxl-bigg"),
+    "sdxl-refiner": (None, "sdxl-refiner", "sdxl", "epsilon", "sdxl-bigg"),
+}
+
+# SDXL pipeline flags per preset (diffusers' model_index.json of the published folders).
+PRESET_FLAGS = {
+    "sdxl": dict(force_zeros_for_empty_prompt=True),
+    "sdxl-refiner": dict(requires_aesthetics_score=True, force_zeros_for_empty_prompt=False),
 }
 
 
@@ -110,24 +141,37 @@ def preset_components(name: str, seed: int = 0, dtype: str = "float32",
     if name not in PRESET_MODELS:
         raise WeightsError(f"unknown model preset {name!r}; presets: {', '.join(PRESET_MODELS)}"
                            " (or give a diffusers-format folder)")
-    t_name, u_name, v_name, prediction = PRESET_MODELS[name]
-    tc = dataclasses.replace(presets.CLIP_TEXT_PRESETS[t_name], dtype=dtype,
-                             attention_impl=attention)
+    t_name, u_name, v_name, prediction, *second = PRESET_MODELS[name]
+
+    def text(preset, offset):
+        if preset is None:
+            return None, None
+        tc = dataclasses.replace(presets.CLIP_TEXT_PRESETS[preset], dtype=dtype,
+                                 attention_impl=attention)
+        return tc, random_params(nn.meta.unbox(abstract_params(tc)), seed + offset)
+    tc, tp = text(t_name, 0)
+    tc2, tp2 = text(second[0] if second else None, 3)
     uc = dataclasses.replace(presets.UNET_PRESETS[u_name], dtype=dtype, attention_impl=attention)
     vc = dataclasses.replace(presets.VAE_PRESETS[v_name], attention_impl=attention)
-    tp = random_params(nn.meta.unbox(abstract_params(tc)), seed)
     up = random_params(nn.meta.unbox(abstract_params(uc)), seed + 1)
     vp = random_params(nn.meta.unbox(abstract_params(vc)), seed + 2)
     return Components(name, tc, tp, uc, up, vc, vp, None,
-                      dict(SD_SCHEDULER, prediction_type=prediction))
+                      dict(SD_SCHEDULER, prediction_type=prediction),
+                      text_config_2=tc2, text_params_2=tp2, **PRESET_FLAGS.get(name, {}))
 
 
 def resolve_clip_skip(requested: int, components: Components, name: str = "clip_skip") -> int:
     """The text layer to condition on: `requested`, or with -1 the one the model declares;
-    sampling and training resolve it alike. Errors name the key and the tower's depth."""
+    sampling and training resolve it alike. Errors name the key and the tower's depth.
+    SDXL counts from the penultimate layer (diffusers' `hidden_states[-(clip_skip + 2)]`),
+    so there it must be below each tower's depth."""
     from diffjax.spec import ConfigError
     clip_skip = requested if requested >= 0 else components.clip_skip
-    layers = components.text_config.num_hidden_layers
-    if clip_skip > layers:
-        raise ConfigError(f"{name} {clip_skip} must be <= the text encoder's {layers} layers")
+    sdxl = components.is_sdxl
+    for config, _ in components.text_towers():
+        layers = config.num_hidden_layers
+        if clip_skip > layers - sdxl:
+            raise ConfigError(f"{name} {clip_skip} must be <= {layers - sdxl} for the text "
+                              f"encoder's {layers} layers"
+                              + (" (SDXL counts from the penultimate one)" if sdxl else ""))
     return clip_skip

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 
-from diffjax.weights.checkpoint import is_checkpoint, networks, save_checkpoint
+from diffjax.weights.checkpoint import is_checkpoint, present, save_checkpoint
 from diffjax.weights.diffusers_folder import export_sd_folder
 from diffjax.weights.io import WeightsError
 from diffjax.weights.load import load
 
-FORMATS = ("diffjax", "diffusers")
+FORMATS = ("diffjax", "diffusers", "single-file")
 
 
 def _n_params(params) -> int:
@@ -26,24 +26,29 @@ def _n_params(params) -> int:
 
 
 def convert(source: str, dest: str, to: str | None = None, force: bool = False,
-            seed: int = 0) -> tuple[str, dict[str, int]]:
+            seed: int = 0, prediction_type: str | None = None,
+            allow_pickle: bool = False) -> tuple[str, dict[str, int]]:
     """Convert `source` (preset | diffusers folder | diffjax checkpoint) into `dest`.
 
-    to: "diffjax" (orbax checkpoint) or "diffusers" (folder `from_pretrained` loads); None:
-    the other format than the source's (a preset becomes a diffjax checkpoint).
+    to: "diffjax" (orbax checkpoint), "diffusers" (folder `from_pretrained` loads) or
+    "single-file" (one LDM/SGM-layout .safetensors); None: the other format than the
+    source's (a preset becomes a diffjax checkpoint, a single file a diffusers folder).
     Returns the format written and each network's parameter count.
     """
+    from diffjax.weights.single_file import export_single_file, is_single_file
     if to is None:
-        to = "diffusers" if is_checkpoint(source) else "diffjax"
+        to = "diffusers" if is_checkpoint(source) or is_single_file(source) else "diffjax"
     if to not in FORMATS:
         raise WeightsError(f"unknown target format {to!r}; expected one of {FORMATS}")
     if os.path.abspath(source) == os.path.abspath(dest):
         raise WeightsError(f"source and destination are the same path {source!r}")
     if os.path.exists(dest) and not force:
         raise WeightsError(f"destination {dest!r} already exists (use --force to replace it)")
-    c = load(source, seed=seed)
+    c = load(source, seed=seed, prediction_type=prediction_type, allow_pickle=allow_pickle)
     if to == "diffjax":
         save_checkpoint(c, dest, force=force)
+    elif to == "single-file":       # one LDM/SGM-layout .safetensors (A1111 / ComfyUI)
+        export_single_file(c, dest)
     else:
         partial = os.path.abspath(dest) + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -52,4 +57,4 @@ def convert(source: str, dest: str, to: str | None = None, force: bool = False,
             shutil.rmtree(dest)
         os.replace(partial, dest)
     return to, {name: _n_params(getattr(c, params_field))
-                for name, (_, params_field, _) in networks().items()}
+                for name, (_, params_field, _) in present(c).items()}
