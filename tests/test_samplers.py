@@ -24,7 +24,8 @@ def test_options_are_the_signature_keywords_with_defaults():
     assert samplers.SAMPLERS["heun"].options == dict(s_churn=0.0, s_tmin=0.0, s_tmax=math.inf,
                                                      s_noise=1.0)
     assert samplers.SAMPLERS["dpmpp_2m_sde"].options == dict(eta=1.0, s_noise=1.0,
-                                                             solver_type="midpoint")
+                                                             solver_type="midpoint",
+                                                             noise="brownian")
     assert samplers.SAMPLERS["euler"].options == {}
     assert samplers.SAMPLERS["ipndm"].options == dict(max_order=4)
     for name, info in samplers.SAMPLERS.items():   # every entry's function has the signature
@@ -88,7 +89,8 @@ def test_catalogue_lists_every_sampler_and_its_options(capsys):
     lines = table.splitlines()
     for name, info in samplers.SAMPLERS.items():
         row, options = [line for line in lines if line.split()[:1] == [name]]
-        assert row.split()[1] == str(info.nfe(10))
+        nfe = info.nfe(10)   # None: adaptive step size (dpm_adaptive)
+        assert row.split()[1] == ("adaptive" if nfe is None else str(nfe))
         assert options.split(None, 1)[1] == samplers.format_options(info.options)
     assert samplers.SAMPLERS["heun"].nfe(10) == 19 and samplers.SAMPLERS["plms"].nfe(10) == 11
     assert "s_churn=0.0, s_tmin=0.0, s_tmax=inf, s_noise=1.0" in table

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
+from diffjax.diffusion.guidance import convert_uncond
 from diffjax.diffusion.schedules import sigma_to_t
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -34,11 +35,16 @@ def vp_denoiser(model: Callable, train_sigmas, prediction_type: str = "epsilon")
         sigma = jnp.asarray(sigma, x.dtype)
         c_in = 1.0 / jnp.sqrt(1.0 + sigma ** 2)
         t = sigma_to_t(sigma, train_sigmas)
-        out = model(x * c_in, t, *cond).astype(x.dtype)
-        if prediction_type == "epsilon":
-            return x - sigma * out
-        if prediction_type == "v_prediction":
-            return x / (1.0 + sigma ** 2) - sigma * c_in * out
-        return out
+
+        def to_x0(out):
+            out = out.astype(x.dtype)
+            if prediction_type == "epsilon":
+                return x - sigma * out
+            if prediction_type == "v_prediction":
+                return x / (1.0 + sigma ** 2) - sigma * c_in * out
+            return out
+        x0 = to_x0(model(x * c_in, t, *cond))
+        convert_uncond(to_x0)   # CFG++ samplers: the unconditional x0 too (guidance.py)
+        return x0
 
     return denoise

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.spec import ConfigError
-from diffjax.diffusion.samplers import classic, dpm_solver, unipc_deis
+from diffjax.diffusion.samplers import (cfg_pp, classic, distilled, dpm_adaptive, dpm_solver,
+                                       exponential, restart, unipc_deis)
 from diffjax.diffusion.samplers.base import (SamplerInfo, SamplerOptionError,
                                              check_option_value, check_sigmas)
 
@@ -28,7 +29,9 @@ def _merge(*families: dict[str, SamplerInfo]) -> dict[str, SamplerInfo]:
 
 
 SAMPLERS: dict[str, SamplerInfo] = _merge(classic.SAMPLERS, dpm_solver.SAMPLERS,
-                                          unipc_deis.SAMPLERS)
+                                          unipc_deis.SAMPLERS, exponential.SAMPLERS,
+                                          cfg_pp.SAMPLERS, dpm_adaptive.SAMPLERS,
+                                          distilled.SAMPLERS, restart.SAMPLERS)
 
 
 def get_sampler(name: str) -> SamplerInfo:
@@ -79,7 +82,8 @@ def catalogue_table(steps: int = 20) -> str:
     rows = [("name", f"NFE@{steps}", "order", "stochastic", "reference")]
     for name in sorted(SAMPLERS):
         info = SAMPLERS[name]
-        rows.append((name, str(info.nfe(steps)), str(info.order),
+        nfe = info.nfe(steps)   # None: adaptive (data-dependent)
+        rows.append((name, "adaptive" if nfe is None else str(nfe), str(info.order),
                      "yes" if info.stochastic else "no", info.reference))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]

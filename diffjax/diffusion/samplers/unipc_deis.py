@@ -2,7 +2,8 @@
 
 All run on the VE sigma grid (x_ve = x_vp / sqrt(abar), lambda = -log sigma) and reproduce
 diffusers' schedulers step for step: UniPCMultistepScheduler(predict_x0=True) and
-DEISMultistepScheduler(algorithm_type="deis"); iPNDM is k-diffusion's `sample_ipndm`.
+DEISMultistepScheduler(algorithm_type="deis"); iPNDM is ComfyUI's `sample_ipndm`
+(comfy/k_diffusion/sampling.py, from zju-pi/diff-sampler; k-diffusion itself has none).
 The order each step uses is a static function of (step, N) as in diffusers (warm-up from
 first order; lower order on the last steps), so it is precomputed in numpy and fed to the
 single `lax.scan`; every candidate order's update is computed and one is selected.
@@ -203,7 +204,7 @@ def sample_deis(denoise, x, sigmas, key=None, order=2, lower_order_final=True):
 
 
 # ----------------------------------------------------------------------------------------
-# iPNDM (Zhang & Chen 2023, improved PNDM; k-diffusion sample_ipndm)
+# iPNDM (Zhang & Chen 2023, DEIS paper arXiv:2204.13902, improved PNDM; ComfyUI sample_ipndm)
 # ----------------------------------------------------------------------------------------
 _AB = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
        4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
@@ -211,8 +212,9 @@ _AB = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
 
 def sample_ipndm(denoise, x, sigmas, key=None, max_order=4):
     """Adams-Bashforth on dx/dsigma with fixed (equal-step) coefficients of growing order
-    1..max_order (k-diffusion's sample_ipndm). NFE = N. Observed global order 2: the Euler
-    start step and the equal-step weights on a non-uniform grid each cap it there."""
+    1..max_order, as ComfyUI's sample_ipndm (from zju-pi/diff-sampler's solvers.py): the
+    step to sigma = 0 returns the denoised value. NFE = N. Observed global order 2: the
+    Euler start step and the equal-step weights on a non-uniform grid each cap it there."""
     _check_order("ipndm", max_order, (1, 2, 3, 4))
 
     def step(carry, a):
@@ -222,7 +224,8 @@ def sample_ipndm(denoise, x, sigmas, key=None, max_order=4):
         hist = [d] + [ds[j] for j in range(max_order - 1)]
         cands = [sum(c * hist[j] for j, c in enumerate(_AB[o])) for o in range(1, max_order + 1)]
         slope = _select(jnp.minimum(i + 1, max_order), cands)
-        return (x + (s_next - s) * slope, jnp.concatenate([d[None], ds[:-1]])), None
+        x_next = jnp.where(s_next > 0, x + (s_next - s) * slope, x - s * d)   # x - s d = D
+        return (x_next, jnp.concatenate([d[None], ds[:-1]])), None
 
     ds0 = jnp.zeros((max(max_order - 1, 1),) + x.shape, x.dtype)
     n = sigmas.shape[0] - 1
@@ -270,6 +273,7 @@ SAMPLERS = {
         nfe=_n,
         order=2,
         stochastic=False,
-        reference="Zhang & Chen 2023 (iPNDM); k-diffusion sample_ipndm",
+        reference="Zhang & Chen 2023 (DEIS paper, iPNDM); ComfyUI sample_ipndm "
+                  "(from zju-pi/diff-sampler)",
     ),
 }
