@@ -41,8 +41,9 @@ def _randomised(c, seed):
     rng = np.random.default_rng(seed)
     rand = lambda tree: jax.tree.map(  # noqa: E731
         lambda a: rng.standard_normal(a.shape).astype(np.float32), tree)
-    c.text_params, c.unet_params, c.vae_params = (rand(c.text_params), rand(c.unet_params),
-                                                  rand(c.vae_params))
+    c.unet_params, c.vae_params = rand(c.unet_params), rand(c.vae_params)
+    if c.text_params is not None:
+        c.text_params = rand(c.text_params)
     if getattr(c, "text_params_2", None) is not None:
         c.text_params_2 = rand(c.text_params_2)
     return c
@@ -55,6 +56,34 @@ def _sd2_like(c):
     c.unet_params = preset_like_params(c.unet_config)
     c.scheduler = dict(c.scheduler, prediction_type="v_prediction")
     return c
+
+
+def _sdxl_like(refiner: bool):
+    """A tiny SDXL (or refiner): CLIP-L-like + bigG-like towers (projection 16), a UNet
+    with text_time added conditioning, 2 transformer layers at the attention level."""
+    from diffjax.models.clip import CLIPTextConfig
+    from diffjax.models.unet import UNetConfig
+    from diffjax.weights.components import SD_SCHEDULER, Components
+    c = preset_components("tiny")
+    big = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, hidden_act="gelu", projection_dim=16,
+                         attention_impl="auto")
+    pooled, n_ids = 16, (5 if refiner else 6)
+    uc = UNetConfig(sample_size=8, block_out_channels=(32, 48),
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
+                    attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+                    cross_attention_dim=32 if refiner else 64, use_linear_projection=True,
+                    norm_num_groups=8, addition_embed_type="text_time",
+                    addition_time_embed_dim=8,
+                    projection_class_embeddings_input_dim=pooled + n_ids * 8,
+                    attention_impl="auto")
+    return Components("sdxl", None if refiner else c.text_config, c.text_params, uc,
+                      preset_like_params(uc), c.vae_config, c.vae_params, None,
+                      dict(SD_SCHEDULER), text_config_2=big,
+                      text_params_2=preset_like_params(big),
+                      force_zeros_for_empty_prompt=not refiner,
+                      requires_aesthetics_score=refiner)
 
 
 def preset_like_params(config):
@@ -77,9 +106,8 @@ def _assert_same(ref, ours, what):
 
 
 def _diffusers_state_dicts(c):
-    text = text_params_to_state_dict(c.text_params, c.text_config)
     return (unet_params_to_state_dict(c.unet_params, c.unet_config),
-            params_to_state_dict(c.vae_params, vae_rows(c.vae_config)), text)
+            params_to_state_dict(c.vae_params, vae_rows(c.vae_config)))
 
 
 @pytest.fixture(scope="module")
@@ -92,45 +120,67 @@ def sd2():
     return _randomised(_sd2_like(preset_components("tiny")), 2)
 
 
+@pytest.fixture(scope="module")
+def sdxl():
+    return _randomised(_sdxl_like(refiner=False), 3)
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    c = _randomised(_sdxl_like(refiner=True), 4)
+    c.text_params = None
+    return c
+
+
 @pytest.mark.parity
-@pytest.mark.parametrize("which", ["sd1", "sd2"])
+@pytest.mark.parametrize("which", ["sd1", "sd2", "sdxl", "refiner"])
 def test_diffusers_converters_read_our_ldm_file_exactly(which, request):
     from diffusers.loaders import single_file_utils as su
     c = request.getfixturevalue(which)
     ldm, _ = sf.components_to_ldm(c)
-    unet, vae, text = _diffusers_state_dicts(c)
+    unet, vae = _diffusers_state_dicts(c)[:2]
     ckpt = _torch(ldm)
     _assert_same(su.convert_ldm_unet_checkpoint(ckpt, unet_config_to_diffusers(c.unet_config)),
                  unet, "unet")
     _assert_same(su.convert_ldm_vae_checkpoint(ckpt, vae_config_to_diffusers(c.vae_config)),
                  vae, "vae")
-    if which == "sd1":
-        ref_text = su.convert_ldm_clip_checkpoint(ckpt)
-    else:
-        stub = types.SimpleNamespace(config=types.SimpleNamespace(
-            hidden_size=c.text_config.hidden_size))
-        ref_text = su.convert_open_clip_checkpoint(stub, ckpt)
-    _assert_same(ref_text, text, "text encoder")
-    # diffjax's own import of the same file: the same three state dicts
+    stub = lambda tc: types.SimpleNamespace(  # noqa: E731  (read only without a projection)
+        config=types.SimpleNamespace(hidden_size=tc.hidden_size))
+    text = text_2 = None
+    if c.text_params is not None:
+        text = text_params_to_state_dict(c.text_params, c.text_config)
+        ref = (su.convert_open_clip_checkpoint(stub(c.text_config), ckpt) if which == "sd2"
+               else su.convert_ldm_clip_checkpoint(ckpt))
+        _assert_same(ref, text, "text encoder")
+    if which in ("sdxl", "refiner"):
+        text_2 = text_params_to_state_dict(c.text_params_2, c.text_config_2)
+        prefix = f"conditioner.embedders.{0 if which == 'refiner' else 1}.model."
+        _assert_same(su.convert_open_clip_checkpoint(stub(c.text_config_2), ckpt, prefix=prefix),
+                     text_2, "text encoder 2")
+    # diffjax's own import of the same file: the same state dicts
     f = sf.split_single_file(ldm)
-    assert f.kind == which and not f.inpainting
+    assert f.kind == {"refiner": "sdxl-refiner"}.get(which, which) and not f.inpainting
     _assert_same(f.unet, unet, "unet")
     _assert_same(f.vae, vae, "vae")
-    _assert_same(f.text, text, "text encoder")
-    # diffusers' model-type detection agrees (SD2 is told by a 1024-wide key: not tiny)
-    assert su.infer_diffusers_model_type(ckpt) == "v1"
+    for ours, want in ((f.text, text), (f.text_2, text_2)):
+        assert (ours is None) == (want is None)
+        if want is not None:
+            _assert_same(ours, want, "text encoder")
+    # (diffusers' model-type detection reads keys and widths only full-size models have:
+    # SD2 a 1024-wide key, SDXL a 10th text layer; test_full_size_layouts checks it there)
 
 
-@pytest.mark.parametrize("which", ["sd1", "sd2"])
+@pytest.mark.parametrize("which", ["sd1", "sd2", "sdxl", "refiner"])
 def test_export_import_is_the_identity(which, request, tmp_path):
     c = request.getfixturevalue(which)
     path = str(tmp_path / f"{which}.safetensors")
     sf.export_single_file(c, path)
     back = load(path)                     # the one loader: a .safetensors file is a model
     assert back.scheduler["prediction_type"] == c.scheduler["prediction_type"]
-    for field in ("text_config", "unet_config", "vae_config"):
+    for field in ("text_config", "text_config_2", "unet_config", "vae_config",
+                  "force_zeros_for_empty_prompt", "requires_aesthetics_score"):
         assert getattr(back, field) == getattr(c, field), field
-    for field in ("text_params", "unet_params", "vae_params"):
+    for field in ("text_params", "text_params_2", "unet_params", "vae_params"):
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
                      getattr(back, field), getattr(c, field))
     again, _ = sf.components_to_ldm(back)

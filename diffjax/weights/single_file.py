@@ -247,6 +247,7 @@ def vae_config_dict(vae: dict, kind: str) -> dict:
         norm_num_groups=32,
         sample_size=1024 if kind.startswith("sdxl") else 512,
         scaling_factor=0.13025 if kind.startswith("sdxl") else 0.18215,
+        **({"force_upcast": True} if kind.startswith("sdxl") else {}),
         down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n)
 
 
@@ -397,29 +398,17 @@ def load_single_file(path: str, dtype: str = "float32", attention: str = "auto",
                                  attention_impl=attention)
         texts.append((tc, upcast_half(text_params_from_state_dict(tsd, tc, f"{key} in {path}"))))
     (tc, tp), (tc2, tp2) = texts
-    open_clip_tok = f.kind == "sd2"
-    comps = Components(name, tc, tp, uc, upcast_half(up), vc, upcast_half(vp),
-                       open_clip_tokenizer_dir() if open_clip_tok else None, scheduler,
-                       clip_skip=int(configs.get("clip_skip", 0)))
-    if f.kind.startswith("sdxl"):
-        _attach_sdxl(comps, f.kind, tc2, tp2)
-    return comps
-
-
-def _attach_sdxl(comps, kind: str, tc2, tp2) -> None:
-    """SDXL's second text encoder and flags on `Components` (the fields #25 adds)."""
-    if not hasattr(comps, "text_config_2"):
-        raise SingleFileError("this diffjax has no SDXL pipeline yet (Components lacks a "
-                              "second text encoder)")
-    if kind == "sdxl-refiner":   # the refiner's only encoder is bigG, in the second slot
-        comps.text_config, comps.text_params = None, None
-        comps.tokenizer_dir = None
-    comps.text_config_2, comps.text_params_2 = tc2, tp2
-    comps.tokenizer_2_dir = None                 # the packaged vocabulary padding with "!"
-    if hasattr(comps, "force_zeros_for_empty_prompt"):
-        comps.force_zeros_for_empty_prompt = kind == "sdxl"
-    if hasattr(comps, "requires_aesthetics_score"):
-        comps.requires_aesthetics_score = kind == "sdxl-refiner"
+    return Components(name, tc, tp, uc, upcast_half(up), vc, upcast_half(vp),
+                      open_clip_tokenizer_dir() if f.kind == "sd2" else None, scheduler,
+                      clip_skip=int(configs.get("clip_skip", 0)),
+                      # SDXL: the second tower (bigG; the refiner's only one) with the
+                      # packaged vocabulary padding with "!" (tokenizer_2_dir None), and
+                      # the pipeline flags of diffusers' published SDXL folders
+                      text_config_2=tc2, text_params_2=tp2,
+                      force_zeros_for_empty_prompt=configs.get(
+                          "force_zeros_for_empty_prompt", f.kind == "sdxl"),
+                      requires_aesthetics_score=configs.get(
+                          "requires_aesthetics_score", f.kind == "sdxl-refiner"))
 
 
 # ---------------------------------------------------------------------------- export
@@ -460,7 +449,9 @@ def components_to_ldm(c) -> tuple[dict, dict]:
     kind = _kind_of(c)
     uc = c.unet_config
     configs = {"unet": unet_config_to_diffusers(uc), "vae": vae_config_to_diffusers(c.vae_config),
-               "scheduler": dict(c.scheduler), "clip_skip": int(c.clip_skip)}
+               "scheduler": dict(c.scheduler), "clip_skip": int(c.clip_skip),
+               "force_zeros_for_empty_prompt": bool(c.force_zeros_for_empty_prompt),
+               "requires_aesthetics_score": bool(c.requires_aesthetics_score)}
     texts = []
     for key, config, params in (("text_encoder", c.text_config, c.text_params),
                                 ("text_encoder_2", getattr(c, "text_config_2", None),
