@@ -188,3 +188,23 @@ def test_ctrl_c_before_the_job_is_one_line(monkeypatch, capsys):
     assert cli.main(["samplers"]) == cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_job_identity_ignores_launch_settings_and_new_default_keys():
+    """A moved folder, a new coordinator, another process count, mesh or cache is the same
+    job; so is a config.json written before a key existed, while the key keeps its
+    default. Anything that changes the images is another job."""
+    from diffjax.commands.sample import identity_changes
+    from diffjax.config import config_to_dict, load_config
+    old = config_to_dict(load_config("diffjax.configs.sample", ["prompt=a", "out=/a"]))
+    moved = config_to_dict(load_config("diffjax.configs.sample", [
+        "prompt=a", "out=/b", "distributed.coordinator=10.0.0.1:1234",
+        "distributed.num_processes=4", "distributed.process_id=3", "mesh.shape=(2,2,2)",
+        "compilation_cache="]))
+    assert identity_changes(old, moved) == []
+    older = dict(old)
+    del older["guidance_rescale"]                  # a key this job's version lacked
+    assert identity_changes(older, moved) == []
+    changed = config_to_dict(load_config("diffjax.configs.sample", [
+        "prompt=a", "guidance_rescale=0.5", "sampler.steps=3"]))
+    assert identity_changes(older, changed) == ["guidance_rescale", "sampler.steps"]

@@ -68,7 +68,35 @@ NOT_IDENTITY = ("out", "distributed", "compilation_cache", "mesh")
 
 
 def job_identity(config_dict: dict) -> dict:
-    return {k: v for k, v in config_dict.items() if k not in NOT_IDENTITY and k != "_diffjax"}
+    """The config's keys that decide what the job draws, flattened to dotted names."""
+    flat: dict = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                walk(v, prefix + k + ".")
+            else:
+                flat[prefix + k] = v
+    walk({k: v for k, v in config_dict.items() if k not in NOT_IDENTITY and k != "_diffjax"},
+         "")
+    return flat
+
+
+def identity_changes(old: dict, new: dict) -> list[str]:
+    """Keys whose value differs between two config dicts' identities. A key only one side
+    has (a config.json written before the key existed) differs only if its value is not
+    the packaged default (so a newer diffjax still resumes an older job)."""
+    from diffjax.config import config_to_dict, load_config
+    old, new = job_identity(old), job_identity(new)
+    defaults = job_identity(config_to_dict(load_config(DEFAULT_CONFIG)))
+    changed = []
+    for k in sorted(set(old) | set(new)):
+        if k in old and k in new:
+            if old[k] != new[k]:
+                changed.append(k)
+        elif (old.get(k, new.get(k)) != defaults.get(k, object())):
+            changed.append(k)
+    return changed
 
 
 def check_same_job(out, config) -> None:
@@ -86,8 +114,7 @@ def check_same_job(out, config) -> None:
         raise prompts.PromptFileError(
             f"{path} is not valid JSON, so it is unknown which job {out} holds; use a new "
             "--out, or restore that file") from None
-    old, new = job_identity(old), job_identity(config_to_dict(config))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = identity_changes(old, config_to_dict(config))
     if changed:
         raise prompts.PromptFileError(
             f"{out} holds another job (config keys differ: {', '.join(changed)}); "
