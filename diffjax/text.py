@@ -50,6 +50,17 @@ class Tokenizer:
         if None in (self.bos_id, self.eos_id, self.pad_id):
             raise ValueError("tokenizer lacks a bos, eos or pad token "
                              f"(bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})")
+        from diffjax.weights.textual_inversion import multi_vector_tokens
+        # textual-inversion embeddings of n > 1 vectors: "tok" is tokenized as tok tok_1 ...
+        self.multi_vector = multi_vector_tokens(hf_tokenizer.get_added_vocab())
+
+    def pieces(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt's token ids without BOS/EOS/padding or truncation (multi-vector
+        embedding tokens expanded, as diffusers' `maybe_convert_prompt`)."""
+        if self.multi_vector:
+            from diffjax.weights.textual_inversion import expand_prompt
+            prompts = [expand_prompt(p, self.multi_vector) for p in prompts]
+        return self._tok(list(prompts), add_special_tokens=False)["input_ids"]
 
     @property
     def vocab_size(self) -> int:
@@ -66,7 +77,7 @@ class Tokenizer:
             if not isinstance(p, str):
                 raise TypeError(f"prompt {i} must be a string, got {type(p).__name__}")
         body = self.max_length - 2
-        pieces = self._tok(list(prompts), add_special_tokens=False)["input_ids"]
+        pieces = self.pieces(prompts)
         ids = np.full((len(prompts), self.max_length), self.pad_id, dtype=np.int32)
         dropped = []
         for row, toks in enumerate(pieces):

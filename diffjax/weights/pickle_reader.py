@@ -140,6 +140,12 @@ def _flatten_state_dict(obj, path: str) -> dict[str, np.ndarray]:
 def load_pickle_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """A torch zip-format pickle's state dict as numpy arrays, with no torch and no code
     run; refused (PickleRefused, saying why and how to convert) unless `allow_pickle`."""
+    return _flatten_state_dict(load_pickle(path, allow_pickle), os.fspath(path))
+
+
+def load_pickle(path: str, allow_pickle: bool = False):
+    """The object a torch zip-format pickle holds (dicts, lists, numbers, strings; tensors
+    as numpy arrays), read by the restricted unpickler; refused unless `allow_pickle`."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
@@ -162,5 +168,4 @@ def load_pickle_state_dict(path: str, allow_pickle: bool = False) -> dict[str, n
         byteorder = f"{root}/byteorder"
         if byteorder in zf.namelist() and zf.read(byteorder).strip() != b"little":
             raise WeightsError(f"{path}: big-endian checkpoints are not supported")
-        obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), zf, root, path).load()
-    return _flatten_state_dict(obj, path)
+        return _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), zf, root, path).load()
