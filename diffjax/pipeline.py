@@ -157,8 +157,18 @@ SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords_top
 def sdxl_fields_of(config) -> dict:
     """The SDXL keys a sample config has (a config.json from before them has none: their
     defaults), with `refiner.model` / `refiner.switch` as SampleSpec's refiner fields."""
-    out = {k: (tuple(config[k]) if isinstance(config[k], (tuple, list)) else config[k])
-           for k in SDXL_KEYS if k in config}
+    out = {}
+    for k in SDXL_KEYS:
+        if k not in config:
+            continue
+        v = config[k]
+        if isinstance(v, (tuple, list)):
+            try:
+                v = tuple(int(x) for x in v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config key {k!r}: {tuple(v)!r} is not integers "
+                                  "(height, width / top, left)") from None
+        out[k] = v
     refiner = config.get("refiner")
     if refiner is not None:
         out.update(refiner=refiner.get("model", ""),
@@ -266,15 +276,13 @@ class TextToImage:
                                           c.requires_aesthetics_score, init is not None)
             check_time_ids(c, self.time_ids[0].shape[0])
             self._empty_ids = tuple(t.tokenize([""]).ids[0] for t in self.tokenizers)
-        self._place_params()
+        self._shard_params()
         rep = sharding.replicated(self.mesh)
-        if init is None:
-            self.image_inputs = ()
-        else:                      # the init image and mask: replicated inputs
-            put = lambda a: jax.make_array_from_callback(a.shape, rep, lambda i: a[i])  # noqa
-            self.image_inputs = (put(image), put(mask))
+        # the init image and mask (replicated inputs), placed on first use like the params
+        self._init_arrays = () if init is None else (image, mask)
+        self._image_inputs = None
         extra = ((sharding.batch_sharding(self.mesh, 4),) if spec.denoising_start > 0
-                 else tuple(rep for _ in self.image_inputs))
+                 else tuple(rep for _ in self._init_arrays))
         self._jitted = jax.jit(self._generate,
                                in_shardings=(self.param_shardings,
                                              sharding.batch_sharding(self.mesh, 2),
@@ -352,11 +360,52 @@ class TextToImage:
         rows = [r for r in rows if r[1] is not None]
         return ({k: abstract_params(cfg) for k, cfg, _ in rows}, {k: p for k, _, p in rows})
 
-    def _place_params(self):
+    def _shard_params(self):
+        """The params' shardings, from their abstract shapes: nothing is placed yet.
+        Building, lowering and compiling need only these (`lower`), so a pipeline of
+        Components without params (`preset_components(..., weights=False)`) compiles for
+        devices it cannot run on: a TPU topology's (`diffjax plan`). `params` places the
+        weights on first use."""
         from diffjax import sharding
-        boxed, params = self._abstract_and_params()
+        boxed, _ = self._abstract_and_params()
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
-        self.params = jax.device_put(params, self.param_shardings)
+        self._params = None
+
+    @property
+    def params(self):
+        """The params on their shardings, placed on first use."""
+        if self._params is None:
+            _, params = self._abstract_and_params()
+            if any(p is None for p in params.values()):
+                raise ValueError(f"model {self.components.name!r} was built without params "
+                                 "(configs only): it can be lowered and compiled, not run")
+            self._params = jax.device_put(params, self.param_shardings)
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._params = value
+
+    @property
+    def image_inputs(self) -> tuple:
+        """The init image and mask as replicated arrays (placed on first use), or ()."""
+        if self._image_inputs is None:
+            from diffjax import sharding
+            rep = sharding.replicated(self.mesh)
+            self._image_inputs = tuple(
+                jax.make_array_from_callback(a.shape, rep, lambda i, a=a: a[i])
+                for a in self._init_arrays)
+        return self._image_inputs
+
+    def abstract_params(self):
+        """The params as ShapeDtypeStructs on their shardings (the loaded params' shapes and
+        dtypes, or the configs' where there are none): what `lower` takes."""
+        boxed, params = self._abstract_and_params()
+        import flax.linen as nn
+        shapes = {k: p if p is not None else nn.meta.unbox(boxed[k])
+                  for k, p in params.items()}
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s),
+                            shapes, self.param_shardings)
 
     # -- the one jitted function -----------------------------------------------------------
     def encode_text(self, params, ids, clip_skip: int | None = None):
@@ -523,14 +572,19 @@ class TextToImage:
         ids = tuple(one for _ in self.tokenizers) if self.sdxl else one
         seeds = jax.ShapeDtypeStruct((b,), jnp.uint32)
         extra = ((jax.ShapeDtypeStruct((b, *self.latent_shape), jnp.float32),)
-                 if self.spec.denoising_start > 0 else self.image_inputs)
+                 if self.spec.denoising_start > 0 else
+                 tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in self._init_arrays))
         return ids, ids, seeds, *extra
+
+    def lower(self, batch_size: int | None = None):
+        """The sample program lowered from abstract params and inputs (`jax.stages.Lowered`):
+        `.compile()` it, read `memory_analysis()` / `cost_analysis()`. Places nothing."""
+        return self._jitted.lower(self.abstract_params(), *self.input_structs(batch_size))
 
     def _executable(self):
         b = self.spec.batch_size
         if b not in self._compiled:
-            self._compiled[b] = self._jitted.lower(self.params,
-                                                   *self.input_structs(b)).compile()
+            self._compiled[b] = self.lower(b).compile()
         return self._compiled[b]
 
     def compile_seconds(self, batch_size: int | None = None) -> float:
@@ -646,13 +700,21 @@ class BaseRefiner:
             raise ConfigError(f"refiner latents {self.refiner.latent_shape} differ from the "
                               f"base's {self.base.latent_shape}")
         self.height, self.width = self.base.height, self.base.width
-        self.components = base
+        self.components, self.mesh = base, self.base.mesh
 
     def compile_seconds(self, batch_size: int | None = None) -> float:
         return self.base.compile_seconds() + self.refiner.compile_seconds()
 
     def memory_plan(self) -> dict:
-        return {"base": self.base.memory_plan(), "refiner": self.refiner.memory_plan()}
+        """Both programs' plans as one: both models' params stay on the devices
+        (arguments add up), the programs run one after the other (temporaries: the
+        larger), the base's latents are alive during the refiner's run (outputs add)."""
+        a, b = self.base.memory_plan(), self.refiner.memory_plan()
+        if not a or not b:
+            return {}
+        return {"argument_bytes": a["argument_bytes"] + b["argument_bytes"],
+                "output_bytes": a["output_bytes"] + b["output_bytes"],
+                "temp_bytes": max(a["temp_bytes"], b["temp_bytes"])}
 
     def generate_local(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None):
         latents = self.base.run_global(prompts, negatives, seeds, prompts_2, negatives_2)

@@ -55,7 +55,7 @@ def test_images_in_range_and_guidance_matters(tiny):
 
 
 @pytest.mark.parametrize("change,msg", [
-    (dict(height=34), "height 34 is not a multiple of 4"),
+    (dict(height=33), "height 33 is not a multiple of 2, the VAE's size factor"),
     (dict(batch_size=3, mesh_shape=(-1, 1, 1)), "batch_size 3 cannot be split over the "
                                                 "mesh's data axes"),
     (dict(clip_skip=5), "clip_skip 5 must be <= the text encoder's 2 layers"),

@@ -82,7 +82,7 @@ def test_bad_prompt_file_writes_nothing(tmp_path, content, msg):
 def test_bad_size_and_other_job_are_named(tmp_path):
     out = tmp_path / "out"
     r = _run(_cmd(out, tmp_path / "cache", "--prompt", "a", "--config.height=30"))
-    assert r.returncode == 2 and "height 30 is not a multiple of 8, the model's size factor (VAE x4, UNet x2)" in r.stderr
+    assert r.returncode == 2 and "height 30 is not a multiple of 4, the VAE's size factor" in r.stderr
     assert not out.exists()
     r = _run(_cmd(out, tmp_path / "cache", "--prompt", "a", "--seeds", "0:2"))
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,7 @@
 """`diffjax sample --init-image ... --mask ... --strength ... --aspect ... --pixels ...`:
 the image-conditioning flags, recorded in the config (config.image, height, width) so that
-config.json reruns the job, and the pipeline they ask for."""
+config.json reruns the job, and the pipeline they ask for (with config.refiner.model, the
+SDXL base -> refiner pair). --aspect alone picks SDXL's training bucket for SDXL models."""
 
 from __future__ import annotations
 
@@ -49,27 +50,53 @@ def apply_flags(config, args):
         return None
     from diffjax.weights.load import load
     comps = load(config.model, config.dtype, config.attention, 0)
-    factor = comps.vae_config.downsample_factor * comps.unet_config.downsample_factor
+    factor = comps.vae_config.downsample_factor   # the UNet takes any latent size
     native = comps.unet_config.sample_size * comps.vae_config.downsample_factor
-    height, width = nearest_size(aspect or "1:1", pixels or native * native, factor)
+    if comps.is_sdxl and pixels is None:          # SDXL: the training bucket of that aspect
+        height, width = sdxl_bucket(aspect, native, factor)
+    else:
+        height, width = nearest_size(aspect or "1:1", pixels or native * native, factor)
     apply_override(config, f"height={height}")
     apply_override(config, f"width={width}")
     return comps
+
+
+# SDXL's multi-aspect training buckets, (height, width) at ~1024^2 pixels (Podell et al.
+# 2023, appendix; the sizes SDXL front ends offer): outside them SDXL composes worse.
+SDXL_BUCKETS = ((1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216),
+                (1344, 768), (768, 1344), (1536, 640), (640, 1536))
+
+
+def sdxl_bucket(aspect: str, native: int = 1024, factor: int = 8) -> tuple[int, int]:
+    """(height, width): the SDXL bucket whose aspect (W:H) is nearest `aspect` in log
+    ratio, scaled to a model whose native size is `native` (a scaled-down test model), in
+    multiples of `factor`."""
+    import math
+
+    from diffjax.images import parse_aspect
+    a = parse_aspect(aspect)
+    h, w = min(SDXL_BUCKETS, key=lambda s: (abs(math.log(s[1] / s[0] / a)), s))
+    scale = native / 1024
+    return (max(factor, round(h * scale / factor) * factor),
+            max(factor, round(w * scale / factor) * factor))
 
 
 def pipeline_for(config, spec, components=None):
     """The pipeline the config asks for: with config.image naming an init image, img2img
     or inpainting from it (the PNG metadata records the init image's and mask's file hashes
     (sha256) and the strength); else text-to-image."""
-    from diffjax.pipeline import InitImage, TextToImage
+    from diffjax.pipeline import BaseRefiner, InitImage, TextToImage
+    from diffjax.weights.load import load
     if components is None:
-        from diffjax.weights.load import load
         components = load(config.model, spec.dtype, spec.attention, 0)
     image = config.get("image")
-    if not image or not image.init_image:
-        return TextToImage(components, spec)
-    init = InitImage(load_image(image.init_image),
-                     load_mask(image.mask) if image.mask else None, image.strength,
-                     resize=image.resize, image_hash=file_sha256(image.init_image),
-                     mask_hash=file_sha256(image.mask) if image.mask else None)
+    init = None
+    if image and image.init_image:
+        init = InitImage(load_image(image.init_image),
+                         load_mask(image.mask) if image.mask else None, image.strength,
+                         resize=image.resize, image_hash=file_sha256(image.init_image),
+                         mask_hash=file_sha256(image.mask) if image.mask else None)
+    if spec.refiner:     # base (text-to-image or img2img) -> refiner
+        return BaseRefiner(components, load(spec.refiner, spec.dtype, spec.attention, 10),
+                           spec, init=init)
     return TextToImage(components, spec, init=init)

@@ -43,6 +43,26 @@ def get_config(arg=None):
     c.batch_size = a.batch_size     # images per jitted call, over all devices (tail padded)
     c.dtype = "float32"             # network compute dtype; schedules are always float32
     c.attention = "auto"            # auto (per backend) | xla | cudnn | chunked
+    # SDXL (ignored by SD1/SD2 models; defaults as diffusers'): the second text tower's
+    # prompts ("" = the prompt / negative prompt), micro-conditioning as (height, width) /
+    # (top, left) pairs ("" or () = the output size; negative_*: the positive ones), the
+    # refiner's aesthetic scores, the ensemble split (fractions of the training timesteps)
+    c.prompt_2 = ""
+    c.negative_prompt_2 = ""
+    c.original_size = ()
+    c.crops_coords_top_left = (0, 0)
+    c.target_size = ()
+    c.negative_original_size = ()
+    c.negative_crops_coords_top_left = (0, 0)
+    c.negative_target_size = ()
+    c.aesthetic_score = 6.0
+    c.negative_aesthetic_score = 2.5
+    c.denoising_start = 0.0         # > 0: continue given latents (a refiner's Python use)
+    c.denoising_end = 1.0           # < 1: stop early (the latents are still noisy)
+    # base -> refiner: with a refiner model, the base denoises down to `switch` and the
+    # refiner finishes (diffusers' denoising_end / denoising_start), e.g.
+    # --config.refiner.model=stabilityai/...-refiner-1.0-folder --config.refiner.switch=0.8
+    c.refiner = ml_collections.ConfigDict(dict(model="", switch=0.8))
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # ('data','fsdp','tensor')
     c.compilation_cache = "~/.cache/diffjax/jax"  # persistent XLA cache ("" = off)
     # Multi-host: coordinator "" = one process; "auto" = platform discovery (TPU pods);

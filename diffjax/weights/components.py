@@ -131,9 +131,10 @@ def random_params(abstract_params, seed: int) -> dict:
 
 
 def preset_components(name: str, seed: int = 0, dtype: str = "float32",
-                      attention: str = "auto") -> Components:
+                      attention: str = "auto", weights: bool = True) -> Components:
     """A preset with random weights (seeded): for tests, benchmarks, and the default model
-    until a trained one ships."""
+    until a trained one ships. weights=False: configs only, every params field None (what
+    lowering and compiling for a TPU topology need: `diffjax plan`, no host memory)."""
     import flax.linen as nn
 
     from diffjax.models import presets
@@ -148,13 +149,14 @@ def preset_components(name: str, seed: int = 0, dtype: str = "float32",
             return None, None
         tc = dataclasses.replace(presets.CLIP_TEXT_PRESETS[preset], dtype=dtype,
                                  attention_impl=attention)
-        return tc, random_params(nn.meta.unbox(abstract_params(tc)), seed + offset)
+        return tc, (random_params(nn.meta.unbox(abstract_params(tc)), seed + offset)
+                    if weights else None)
     tc, tp = text(t_name, 0)
     tc2, tp2 = text(second[0] if second else None, 3)
     uc = dataclasses.replace(presets.UNET_PRESETS[u_name], dtype=dtype, attention_impl=attention)
     vc = dataclasses.replace(presets.VAE_PRESETS[v_name], attention_impl=attention)
-    up = random_params(nn.meta.unbox(abstract_params(uc)), seed + 1)
-    vp = random_params(nn.meta.unbox(abstract_params(vc)), seed + 2)
+    up = random_params(nn.meta.unbox(abstract_params(uc)), seed + 1) if weights else None
+    vp = random_params(nn.meta.unbox(abstract_params(vc)), seed + 2) if weights else None
     return Components(name, tc, tp, uc, up, vc, vp, None,
                       dict(SD_SCHEDULER, prediction_type=prediction),
                       text_config_2=tc2, text_params_2=tp2, **PRESET_FLAGS.get(name, {}))
@@ -171,7 +173,7 @@ def resolve_clip_skip(requested: int, components: Components, name: str = "clip_
     for config, _ in components.text_towers():
         layers = config.num_hidden_layers
         if clip_skip > layers - sdxl:
-            raise ConfigError(f"{name} {clip_skip} must be <= {layers - sdxl} for the text "
-                              f"encoder's {layers} layers"
-                              + (" (SDXL counts from the penultimate one)" if sdxl else ""))
+            raise ConfigError(f"{name} {clip_skip} must be <= the text encoder's {layers} "
+                              "layers" + (" minus 1 (SDXL counts from the penultimate one)"
+                                          if sdxl else ""))
     return clip_skip
