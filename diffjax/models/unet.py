@@ -140,8 +140,9 @@ class UNetConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-def _resnet(c: UNetConfig, remat: bool = False):
-    return nn.remat(ResnetBlock2D) if remat else ResnetBlock2D
+def _resnet(c: UNetConfig):
+    """The down/up blocks' ResNet class, rematerialised in training when c.remat."""
+    return nn.remat(ResnetBlock2D) if c.remat else ResnetBlock2D
 
 
 class DownBlock(nn.Module):
@@ -155,7 +156,7 @@ class DownBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb, context):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
-        resnet = _resnet(c, c.remat)
+        resnet = _resnet(c)
         skips = []
         for j in range(c.layers_per_block):
             x = resnet(self.out_channels, c.norm_num_groups, c.norm_eps, dtype, c.act_fn,
@@ -183,7 +184,7 @@ class UpBlock(nn.Module):
     @nn.compact
     def __call__(self, x, skips, temb, context, upsample_size=None):
         c, dtype = self.config, jnp.dtype(self.config.dtype)
-        resnet = _resnet(c, c.remat)
+        resnet = _resnet(c)
         for j in range(c.layers_per_block + 1):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
             x = resnet(self.out_channels, c.norm_num_groups, c.norm_eps, dtype, c.act_fn,
