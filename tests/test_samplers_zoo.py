@@ -416,7 +416,8 @@ def test_restart_without_restarts_is_heun_and_restarts_as_a1111():
 
 # ---------------------------------------------------------------- NFE
 NEW = ["euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "dpmpp_2s",
-       "res_multistep", "er_sde", "dpm_fast", "dpm_adaptive", "lcm", "tcd", "restart"]
+       "res_multistep", "er_sde", "dpm_fast", "dpm_adaptive", "lcm", "tcd", "restart",
+       "sa_solver"]
 
 
 def test_nfe_matches_catalogue():
@@ -542,3 +543,80 @@ def test_dpm_adaptive_meets_its_tolerance_and_spends_more_on_tighter_ones():
                         int(info["nfe"])))
     errs, nfes = zip(*res)
     assert errs[0] > errs[1] > errs[2] and nfes[0] < nfes[1] < nfes[2], res
+
+
+# ---------------------------------------------------------------- SA-Solver
+def _comfy_exp_coeffs(s, t, order, tau):
+    from math import lgamma, log
+    tau_mul = 1 + tau ** 2
+    h = t - s
+    p = np.arange(order)
+    terms = t ** p - s ** p * np.exp(-tau_mul * h)
+    depth = p[:, None] - p[None, :]
+    lf = np.asarray([lgamma(k + 1) for k in p])
+    coeff = lf[:, None] - lf[None, :]
+    if tau > 0:
+        coeff = coeff - depth * log(tau_mul)
+    signs = np.where(depth % 2 == 0, 1.0, -1.0)
+    return np.tril(np.exp(coeff) * signs) @ terms
+
+
+def _comfy_b(sigma_next, lams, lam_s, lam_t, tau):
+    integrals = _comfy_exp_coeffs(lam_s, lam_t, len(lams), tau)
+    vt = np.vander(lams, len(lams), increasing=True).T
+    return sigma_next * np.exp(lam_t) * np.linalg.solve(vt, integrals)
+
+
+def _comfy_sa_solver(model, x, sigmas, noises, predictor_order=3, corrector_order=4,
+                     start=5.09240759066568, end=0.5711888666489997, eta=1.0):
+    """ComfyUI sample_sa_solver (use_pece=False, simple_order_2=False), float64 numpy."""
+    with np.errstate(divide="ignore"):
+        lambdas = -np.log(sigmas)
+    tau_func = lambda s: eta if start >= s >= end else 0.0  # noqa: E731
+    max_order = max(predictor_order, corrector_order)
+    x_pred, h, tau_t, noise, preds = x, 0.0, 0.0, 0.0, []
+    lower = sigmas[-1] == 0
+    for i in range(len(sigmas) - 1):
+        denoised = model(x_pred, sigmas[i])
+        preds = (preds + [denoised])[-max_order:]
+        p_used = min(predictor_order, len(preds))
+        c_used = 0 if i == 0 or sigmas[i + 1] == 0 else min(corrector_order, len(preds))
+        if lower:
+            p_used = min(p_used, len(sigmas) - 2 - i)
+            c_used = min(c_used, len(sigmas) - 1 - i)
+        if c_used == 0:
+            x = x_pred
+        else:
+            b = _comfy_b(sigmas[i], lambdas[i - c_used + 1:i + 1], lambdas[i - 1], lambdas[i],
+                         tau_t)
+            x = (sigmas[i] / sigmas[i - 1] * np.exp(-(tau_t ** 2) * h) * x
+                 + sum(bj * pj for bj, pj in zip(b, preds[-c_used:])))
+            if tau_t > 0:
+                x = x + noise
+        if sigmas[i + 1] == 0:
+            x_pred = denoised
+        else:
+            tau_t = tau_func(sigmas[i + 1])
+            b = _comfy_b(sigmas[i + 1], lambdas[i - p_used + 1:i + 1], lambdas[i],
+                         lambdas[i + 1], tau_t)
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = (sigmas[i + 1] / sigmas[i] * np.exp(-(tau_t ** 2) * h) * x
+                      + sum(bj * pj for bj, pj in zip(b, preds[-p_used:])))
+            if tau_t > 0:
+                noise = noises[i] * sigmas[i + 1] * np.sqrt(-np.expm1(-2 * tau_t ** 2 * h))
+                x_pred = x_pred + noise
+    return x_pred
+
+
+def test_sa_solver_matches_comfyui_with_the_same_noise():
+    """Default orders (3, 4) on a grid ending at 0 (lower orders at the end) and (2, 2) on
+    one ending at sigma_min; eta 1 (noise inside ComfyUI's default sigma interval)."""
+    from diffjax.diffusion.samplers import sa_solver
+    key = jax.random.key(13)
+    for final_zero, orders in ((True, (3, 4)), (False, (2, 2))):
+        grid = _grid(10, final_zero)
+        want = _comfy_sa_solver(_np_denoise(GM.denoise), X_T, grid, _noises(key, 10, X_T),
+                                *orders)
+        got = _run(sa_solver.sample_sa_solver, GM.denoise, grid, key,
+                   predictor_order=orders[0], corrector_order=orders[1])
+        assert R.rel_err(got, want) <= 1e-8, (orders, R.rel_err(got, want))

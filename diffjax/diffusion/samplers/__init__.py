@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from diffjax.spec import ConfigError
 from diffjax.diffusion.samplers import (cfg_pp, classic, distilled, dpm_adaptive, dpm_solver,
-                                       exponential, restart, unipc_deis)
+                                       exponential, restart, sa_solver, unipc_deis)
 from diffjax.diffusion.samplers.base import (SamplerInfo, SamplerOptionError,
                                              check_option_value, check_sigmas)
 
@@ -31,7 +31,8 @@ def _merge(*families: dict[str, SamplerInfo]) -> dict[str, SamplerInfo]:
 SAMPLERS: dict[str, SamplerInfo] = _merge(classic.SAMPLERS, dpm_solver.SAMPLERS,
                                           unipc_deis.SAMPLERS, exponential.SAMPLERS,
                                           cfg_pp.SAMPLERS, dpm_adaptive.SAMPLERS,
-                                          distilled.SAMPLERS, restart.SAMPLERS)
+                                          distilled.SAMPLERS, restart.SAMPLERS,
+                                          sa_solver.SAMPLERS)
 
 
 def get_sampler(name: str) -> SamplerInfo:

@@ -145,7 +145,7 @@ def dpm_adaptive_with_info(denoise, x, sigmas, key=None, order=3, rtol=0.05, ato
             x_high = dpm_solver_3_step(denoise, x, s, t_, eps, eps_r1=eps_r1)
         delta = jnp.maximum(atol, rtol * jnp.maximum(jnp.abs(x_low), jnp.abs(x_prev)))
         error = jnp.linalg.norm(((x_low - x_high) / delta).ravel()) / math.sqrt(x.size)
-        inv = 1 / (error + 1e-8)
+        inv = (1 / (error + 1e-8)).astype(dt)
         errs = jnp.where(first, jnp.full((3,), inv, dt), errs).at[0].set(inv)
         factor = errs[0] ** b1 * errs[1] ** b2 * errs[2] ** b3
         factor = 1 + jnp.arctan(factor - 1)
