@@ -92,8 +92,12 @@ def test_pool3_features_equal_pytorch_fid(reference, tmp_path):
     assert got.shape == (3, 2048)
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < 1e-4, err
-    # pytorch-fid's own module state dict (blocks.I.J.*) converts to the same params
-    wrapper = winc.params_from_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
+    # pytorch-fid's own module state dict (blocks.I.J.*) converts to the same params, and
+    # so does the .pth pickle (refused by default; tensors-only reader when allowed)
+    torch.save(model.state_dict(), tmp_path / "pt_inception.pth")
+    with pytest.raises(WeightsError, match="pickle"):
+        winc.load_inception(str(tmp_path / "pt_inception.pth"))
+    wrapper = winc.load_inception(str(tmp_path / "pt_inception.pth"), allow_pickle=True)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
                                                     jax.tree.leaves(wrapper)))
 

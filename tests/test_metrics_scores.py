@@ -193,3 +193,21 @@ def test_clip_processor_resize_and_crop(tiny_clip):
         got = preprocess([im], config)[0]
         assert got.shape == ref.shape == (28, 28, 3)
         assert np.abs(got - ref).max() <= 1.01 / (255 * 0.2), (h, w, np.abs(got - ref).max())
+
+
+def test_compare_image_scorer_hooks():
+    """`diffjax compare`'s pipeline scorer computes kid / precision / recall beside frechet
+    on the study's CLIP features against the real images (the same functions as above)."""
+    from types import SimpleNamespace
+
+    from diffjax.studies.compare_samplers import ImageScorer, real_images
+    images = real_images("shapes:train", 24)
+    study = SimpleNamespace(grid_prompts=0, feature_extractor="mini",
+                            real_images="shapes:test")
+    model = SimpleNamespace(seeds=list(range(24)), decode=lambda x: x, prompts=["x"] * 24)
+    scorer = ImageScorer(study, model, ("frechet", "kid", "precision", "recall"))
+    row = scorer.score(images)
+    ours, real = scorer.clip.frechet_features(images), scorer.real_features
+    assert row["kid"] == 1000 * kid.kid(ours, real, subset_size=24)[0]
+    assert (row["precision"], row["recall"]) == precision_recall.precision_recall(ours, real)
+    assert row["frechet"] == frechet_distance(*gaussian_stats(ours), *gaussian_stats(real))

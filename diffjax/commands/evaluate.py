@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--inception", help="pytorch-fid's FID Inception weights (.pth / "
                                             ".safetensors / .npz) -> fid, kid, precision, "
                                             "recall; 'random:D' = random, width / D (tests)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a .pth Inception file (pytorch-fid's) with the "
+                             "restricted tensors-only unpickler")
     parser.add_argument("--fid-resize", choices=("pytorch", "clean"), default="pytorch",
                         help="pytorch-fid's bilinear resize (default) or clean-fid's")
     parser.add_argument("--dinov2", help="transformers DINOv2 folder -> fd_dinov2; "
@@ -151,8 +154,8 @@ def _extractors(args):
             f = InceptionFeatures(random_inception_params(config), config,
                                   resize=args.fid_resize, batch=args.batch)
         else:
-            f = InceptionFeatures.from_file(args.inception, resize=args.fid_resize,
-                                            batch=args.batch)
+            f = InceptionFeatures.from_file(args.inception, allow_pickle=args.allow_pickle,
+                                            resize=args.fid_resize, batch=args.batch)
         out["inception"] = lambda ims, caps, prog: {"features": f(ims, prog)}
     if args.dinov2:
         from diffjax.metrics.dinov2_features import Dinov2Features
@@ -246,9 +249,11 @@ def run(args) -> int:
     from diffjax.metrics.fid_stats import StatsFileError
     from diffjax.metrics.frechet import gaussian_stats
     from diffjax.prompts import PromptFileError
+    from diffjax.weights.io import WeightsError
     try:
         return _run(args, E, gaussian_stats)
-    except (EvaluateError, E.GateError, StatsFileError, PromptFileError) as e:
+    except (EvaluateError, E.GateError, StatsFileError, PromptFileError, WeightsError,
+            FileNotFoundError) as e:
         print(f"diffjax evaluate: {e}", file=sys.stderr)
         return 2
 

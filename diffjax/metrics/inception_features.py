@@ -43,10 +43,12 @@ class InceptionFeatures:
         self._resize = jax.jit(lambda x: resize_bilinear_torch(x, INPUT_SIZE))
 
     @classmethod
-    def from_file(cls, path: str, config: InceptionConfig = InceptionConfig(), **kw):
-        """From pytorch-fid's weights (.pth, or a .safetensors / .npz of the same keys)."""
+    def from_file(cls, path: str, config: InceptionConfig = InceptionConfig(),
+                  allow_pickle: bool = False, **kw):
+        """From pytorch-fid's weights (.safetensors / .npz of its keys, or its .pth pickle
+        with `allow_pickle`: read tensors-only)."""
         from diffjax.weights.inception import load_inception
-        return cls(load_inception(path, config), config, **kw)
+        return cls(load_inception(path, config, allow_pickle), config, **kw)
 
     @property
     def dim(self) -> int:

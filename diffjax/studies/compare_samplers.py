@@ -60,9 +60,17 @@ METRICS = {
     "clip_score": "mean CLIP score 100 max(cos(image, prompt), 0) (pipeline)",
     "prompt_accuracy": "fraction of images whose every prompt-stated attribute the `shapes` "
                        "oracle reads back (pipeline, shapes prompts)",
+    "kid": "KID x 1000 (torch-fidelity's unbiased MMD^2, cubic kernel) of the images' CLIP "
+           "features vs the real images' (pipeline)",
+    "precision": "improved precision (Kynkaanniemi et al., k=3) on CLIP features vs the real "
+                 "images (pipeline)",
+    "recall": "improved recall (Kynkaanniemi et al., k=3) on CLIP features (pipeline)",
 }
-PIPELINE_ONLY = ("clip_score", "prompt_accuracy")
-IMAGE_METRICS = ("frechet", "clip_score", "prompt_accuracy")  # pipeline: on decoded images
+# metrics against the real images' features (diffjax.metrics: kid, precision_recall)
+REAL_FEATURE_METRICS = ("frechet", "kid", "precision", "recall")
+PIPELINE_ONLY = ("clip_score", "prompt_accuracy", "kid", "precision", "recall")
+IMAGE_METRICS = ("frechet", "clip_score", "prompt_accuracy", "kid", "precision",
+                 "recall")  # pipeline: on decoded images
 CONTINUOUS = ("karras", "exponential", "polyexponential")  # take sigma_min
 
 
@@ -196,12 +204,13 @@ def _check_pipeline_inputs(study: StudySpec) -> None:
     """Named errors for the pipeline-only inputs, before anything is loaded or sampled."""
     from diffjax.data import shapes as S
     metrics = study.metrics
-    if set(metrics) & {"frechet", "clip_score"}:
+    if set(metrics) & {"clip_score", *REAL_FEATURE_METRICS}:
         _check_feature_extractor(study.feature_extractor, need_text="clip_score" in metrics)
-    if "frechet" in metrics:
+    if set(metrics) & set(REAL_FEATURE_METRICS):
         spec = study.real_images
         if not spec:
-            raise CompareError("metrics: frechet on a pipeline model needs real_images "
+            named = "/".join(sorted(set(metrics) & set(REAL_FEATURE_METRICS)))
+            raise CompareError(f"metrics: {named} on a pipeline model needs real_images "
                                "(shapes:<split> or a folder of images)")
         if spec.startswith("shapes:"):
             _shapes_examples(spec, 0, "real_images")  # the split's name, checked now
@@ -449,13 +458,14 @@ class ImageScorer:
         self.model, self.metrics = model, metrics
         self.grid_prompts = study.grid_prompts
         self.clip = None
-        if set(metrics) & {"frechet", "clip_score"}:
+        if set(metrics) & {"clip_score", *REAL_FEATURE_METRICS}:
             from diffjax.metrics.clip_features import CLIPFeatures
             self.clip = CLIPFeatures.from_model(study.feature_extractor)
-        if "frechet" in metrics:
+        if set(metrics) & set(REAL_FEATURE_METRICS):
             from diffjax.metrics import frechet
             real = real_images(study.real_images, len(model.seeds))
-            self.real_stats = frechet.gaussian_stats(self.clip.frechet_features(real))
+            self.real_features = self.clip.frechet_features(real)
+            self.real_stats = frechet.gaussian_stats(self.real_features)
 
     def score(self, latents, grid_path: str | None = None) -> dict:
         """{metric: value} for the images of `latents`; saves the first grid_prompts images
@@ -467,9 +477,20 @@ class ImageScorer:
         if grid_path and self.grid_prompts:
             _atomic_save_npy(grid_path, images[:self.grid_prompts])
         row = {}
+        feats = (self.clip.frechet_features(images)
+                 if set(self.metrics) & set(REAL_FEATURE_METRICS) else None)
         if "frechet" in self.metrics:
-            row["frechet"] = frechet.frechet_distance(
-                *frechet.gaussian_stats(self.clip.frechet_features(images)), *self.real_stats)
+            row["frechet"] = frechet.frechet_distance(*frechet.gaussian_stats(feats),
+                                                      *self.real_stats)
+        if "kid" in self.metrics:
+            from diffjax.metrics.kid import kid
+            m = min(1000, len(feats), len(self.real_features))
+            row["kid"] = 1000 * kid(feats, self.real_features, subset_size=m)[0]
+        if {"precision", "recall"} & set(self.metrics):
+            from diffjax.metrics.precision_recall import precision_recall
+            p, r = precision_recall(feats, self.real_features)
+            row.update({k: v for k, v in (("precision", p), ("recall", r))
+                        if k in self.metrics})
         if "clip_score" in self.metrics:
             row["clip_score"] = float(np.mean(self.clip.clip_score(images, self.model.prompts)))
         if "prompt_accuracy" in self.metrics:

@@ -7,9 +7,9 @@ features never use. pytorch-fid's own `InceptionV3` module saves the same tensor
 `blocks.I.J.*`; both layouts are read. The map is derived from the model's own param tree
 (one rule per leaf name), so it cannot drift from the module.
 
-Weights are read from `.safetensors` / `.npz` with no torch, or from the `.pth` pickle:
-through `diffjax.weights.pickle_reader` (tensors only) where it exists, else through
-`torch.load(weights_only=True)` (torch's own restricted unpickler) when torch is installed.
+Weights are read from `.safetensors` / `.npz` with no torch, or, with `allow_pickle`, from
+the `.pth` pickle through `diffjax.weights.pickle_reader`'s tensors-only unpickler;
+`save_inception` writes the .safetensors to keep instead.
 """
 
 from __future__ import annotations
@@ -111,27 +111,31 @@ def params_to_torch_state_dict(params, config: InceptionConfig = InceptionConfig
     return params_to_state_dict(params, inception_rows(config))
 
 
-def read_tensors(path: str) -> dict[str, np.ndarray]:
-    """A state dict from .safetensors, .npz or a torch pickle (.pth/.pt/.bin), tensors only."""
+def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """A state dict from .safetensors, .npz or a torch pickle (.pth/.pt/.bin), tensors only.
+
+    Pickles are refused unless `allow_pickle` (they can run code); then they are read by
+    `diffjax.weights.pickle_reader`'s restricted unpickler (no torch), or, for the legacy
+    pre-1.6 format it does not read, by `torch.load(weights_only=True)` if torch exists."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as f:
             return {k: np.asarray(f[k]) for k in f.files}
-    if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        try:
-            from diffjax.weights import pickle_reader   # H5: restricted, tensors only
-        except ImportError:
-            pickle_reader = None
-        if pickle_reader is not None and hasattr(pickle_reader, "read_state_dict"):
-            return dict(pickle_reader.read_state_dict(path))
+    from diffjax.weights import pickle_reader
+    if path.endswith(pickle_reader.PICKLE_SUFFIXES):
+        import zipfile
+        if not allow_pickle or zipfile.is_zipfile(path):
+            return pickle_reader.load_pickle_state_dict(path, allow_pickle)
     return load_state_dict(path)
 
 
-def load_inception(path: str, config: InceptionConfig = InceptionConfig()) -> dict:
+def load_inception(path: str, config: InceptionConfig = InceptionConfig(),
+                   allow_pickle: bool = False) -> dict:
     """Params of the FID Inception from a local weights file (nothing is downloaded)."""
-    return params_from_state_dict(read_tensors(path), config, f"Inception weights {path}")
+    return params_from_state_dict(read_tensors(path, allow_pickle), config,
+                                  f"Inception weights {path}")
 
 
 def save_inception(params, path: str, config: InceptionConfig = InceptionConfig()) -> None:
