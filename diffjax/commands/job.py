@@ -53,8 +53,8 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+        for s, handler in self._previous.items():   # None: a handler set outside Python
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         return False
 
     def _handle(self, signum, frame):
@@ -104,13 +104,18 @@ def write_index(out, items, finished: set[int] | None) -> None:
     outputs.atomic_write_lines(out / "index.jsonl", lines)
 
 
-def run_job(pipe, items, out, batch_size: int, rows_mine: list[int]) -> int:
+def run_job(pipe, items, out, batch_size: int, rows_mine: list[int],
+            stop: StopRequest | None = None) -> int:
     """Generate every unfinished batch and write this process's missing or bad files.
 
     pipe: a TextToImage (`generate_local`, `metadata`); items: the job's `Sequence[Item]`;
-    rows_mine: the batch rows this process writes. Returns 0, or EXIT_STOPPED after a
-    signal.
+    rows_mine: the batch rows this process writes; stop: a StopRequest the caller entered
+    earlier (so a signal during loading or compiling stops the job before its first batch),
+    or None for one of its own. Returns 0, or EXIT_STOPPED after a signal.
     """
+    if stop is None:
+        with StopRequest() as own:
+            return run_job(pipe, items, out, batch_size, rows_mine, own)
     import jax
     from tqdm import tqdm
 
@@ -145,40 +150,39 @@ def run_job(pipe, items, out, batch_size: int, rows_mine: list[int]) -> int:
     written = rewritten = ran = 0
     t0 = last_index = time.perf_counter()
     stopped = None
-    with StopRequest() as stop:
-        for w0 in range(0, n_batches, WINDOW):
-            ks = range(w0, min(n_batches, w0 + WINDOW))
-            todo = {}
-            for k in ks:
-                batch = prompts.batch(items, k, batch_size)
-                todo[k] = (batch, bad_rows(batch))
-            needed = any_process([bool(todo[k][1]) for k in ks])
-            for k, need in zip(ks, needed):
-                if not need:
-                    continue
-                if any_process([stop.requested])[0]:
-                    stopped = stop.signum or signal.SIGTERM
-                    break
-                batch, bad = todo[k]
-                images, owned = pipe.generate_local([i.prompt for i in batch],
-                                                    [i.negative_prompt for i in batch],
-                                                    [i.seed for i in batch])
-                ran += 1
-                for pos in sorted(set(owned) & set(bad)):
-                    item = batch[pos]
-                    meta = pipe.metadata(item.prompt, item.negative_prompt, item.seed)
-                    outputs.atomic_write(out / f"{item.stem}.png",
-                                         outputs.png_bytes(outputs.to_uint8(images[pos]), meta))
-                    rewritten += item.index in finished
-                    written += 1
-                new = [i.index for i in batch if i.index not in finished]
-                finished.update(new)
-                bar.update(len(new))
-                if main_process and time.perf_counter() - last_index > INDEX_EVERY_S:
-                    write_index(out, items, finished)
-                    last_index = time.perf_counter()
-            if stopped is not None:
+    for w0 in range(0, n_batches, WINDOW):
+        ks = range(w0, min(n_batches, w0 + WINDOW))
+        todo = {}
+        for k in ks:
+            batch = prompts.batch(items, k, batch_size)
+            todo[k] = (batch, bad_rows(batch))
+        needed = any_process([bool(todo[k][1]) for k in ks])
+        for k, need in zip(ks, needed):
+            if not need:
+                continue
+            if any_process([stop.requested])[0]:
+                stopped = stop.signum or signal.SIGTERM
                 break
+            batch, bad = todo[k]
+            images, owned = pipe.generate_local([i.prompt for i in batch],
+                                                [i.negative_prompt for i in batch],
+                                                [i.seed for i in batch])
+            ran += 1
+            for pos in sorted(set(owned) & set(bad)):
+                item = batch[pos]
+                meta = pipe.metadata(item.prompt, item.negative_prompt, item.seed)
+                outputs.atomic_write(out / f"{item.stem}.png",
+                                     outputs.png_bytes(outputs.to_uint8(images[pos]), meta))
+                rewritten += item.index in finished
+                written += 1
+            new = [i.index for i in batch if i.index not in finished]
+            finished.update(new)
+            bar.update(len(new))
+            if main_process and time.perf_counter() - last_index > INDEX_EVERY_S:
+                write_index(out, items, finished)
+                last_index = time.perf_counter()
+        if stopped is not None:
+            break
     bar.close()
     if multi:      # every process's files are written before the index names them
         from jax.experimental import multihost_utils
@@ -187,7 +191,8 @@ def run_job(pipe, items, out, batch_size: int, rows_mine: list[int]) -> int:
         if main_process:
             write_index(out, items, finished)
         name = signal.Signals(stopped).name
-        print(f"diffjax sample: stopped by {name} after the batch in flight; {len(finished)} "
+        when = "after the batch in flight" if ran else "before its first batch"
+        print(f"diffjax sample: stopped by {name} {when}; {len(finished)} "
               f"of {n} images are in {out} (nothing half-written). Rerun the same command "
               f"to resume (exit status {EXIT_STOPPED}).", file=sys.stderr)
         return EXIT_STOPPED

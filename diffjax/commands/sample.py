@@ -166,7 +166,7 @@ def run(args) -> int:
     # -- the user's inputs, checked before joining a job, loading or compiling ----------
     preflight.check_output_dir(config.out)
     items = job_items(config)
-    from diffjax.pipeline import enable_compilation_cache, spec_from_config
+    from diffjax.pipeline import spec_from_config
     spec = spec_from_config(config)
     check_schedule(spec.schedule)
     if spec.height and spec.width:
@@ -179,14 +179,29 @@ def run(args) -> int:
         check_finite(config)
         check_image_files(config)
         check_same_job(config.out, config)
+    # From here a SIGTERM/SIGINT stops the job cleanly before its next batch (exit 75).
+    from diffjax.commands.job import StopRequest
+    with StopRequest() as stop:
+        return _run_job(config, args, spec, items, comps, needs_model, stop)
+
+
+def _run_job(config, args, spec, items, comps, needs_model, stop) -> int:
+    from diffjax.commands import image_flags, preflight
+    from diffjax.config import check_finite
+    from diffjax.pipeline import enable_compilation_cache, spec_from_config
     # -- join the job (every process has passed the same checks) ------------------------
+    import jax
+
     from diffjax.sharding import initialize_distributed, owned_rows
+    # jax's own preemption service would take SIGTERM from our handler (see job.py)
+    jax.config.update("jax_enable_preemption_service", False)
     d = config.distributed
     initialize_distributed(d.coordinator, d.num_processes, d.process_id,
                            int(d.get("timeout_s", 300)))
     enable_compilation_cache(config.compilation_cache)
     if needs_model:              # --aspect/--pixels need the model's size factor
         comps = image_flags.apply_flags(config, args)
+        check_finite(config)
         check_image_files(config)
         check_same_job(config.out, config)
         spec = spec_from_config(config)
@@ -194,8 +209,6 @@ def run(args) -> int:
     check_mesh(spec)
     # -- the model, the program --------------------------------------------------------
     pipe = image_flags.pipeline_for(config, spec, comps)
-    import jax
-
     from diffjax.sharding import data_size
     rows_per_device = spec.batch_size // data_size(pipe.mesh)
     preflight.check_image_memory(spec.batch_size, pipe.height, pipe.width)
@@ -213,4 +226,5 @@ def run(args) -> int:
         print(f"compiled in {compile_s:.1f} s (batch {spec.batch_size}); {n} image(s) in "
               f"{prompts.num_batches(n, spec.batch_size)} batch(es)", file=sys.stderr)
     from diffjax.commands.job import run_job
-    return run_job(pipe, items, out, spec.batch_size, owned_rows(pipe.mesh, spec.batch_size))
+    return run_job(pipe, items, out, spec.batch_size, owned_rows(pipe.mesh, spec.batch_size),
+                   stop)
