@@ -10,8 +10,10 @@ with the same weights, batch and precision in the same process, call by call int
 with ours (so load on the machine hits both alike). `startup = true` also measures what a
 user waits for: a fresh process building the first batch's sample executable with an
 empty persistent compilation cache (cold) and again with it filled (cached). Memory: XLA's
-planned temporaries of the UNet call and of the whole sample program (known before they
-run), the device's peak bytes in use where the backend reports it, the process's peak RSS.
+planned temporaries of the UNet call and of the whole sample program and each program's
+whole plan (arguments + outputs + temporaries; known before they run), the device's peak
+bytes in use where the backend reports it, the process's peak RSS. SDXL models are timed
+with their pooled embedding and time ids (diffusers' added_cond_kwargs).
 """
 
 from __future__ import annotations
@@ -133,14 +135,37 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def flat_unet_fn(unet_cfg):
-    """`(params, x, t, ctx) -> eps` of the UNet with the loop-free "xla" attention: what
-    both FLOP counts read. The same arithmetic as every attention kernel, but visible: the
-    chunked kernel is a loop (counted once by XLA) and cuDNN's is one opaque primitive
-    (no dot_general in the jaxpr: the analytic count on an H100 missed 16%)."""
+def flat_unet_fn(unet_cfg, flat: bool = True):
+    """`(params, x, t, cond) -> eps` of the UNet (cond: the context, or SDXL's {"context",
+    "text_embeds", "time_ids"}) with the loop-free "xla" attention: what both FLOP counts
+    read. The same arithmetic as every attention kernel, but visible: the chunked kernel
+    is a loop (counted once by XLA) and cuDNN's is one opaque primitive (no dot_general in
+    the jaxpr: the analytic count on an H100 missed 16%). flat=False: the configured
+    attention (the benchmarked call)."""
     from diffjax.models.unet import UNet2DConditionModel
-    flat = UNet2DConditionModel(dataclasses.replace(unet_cfg, attention_impl="xla"))
-    return lambda p, x, t, c: flat.apply({"params": p}, x, t, c)
+    unet = UNet2DConditionModel(dataclasses.replace(unet_cfg, attention_impl="xla")
+                                if flat else unet_cfg)
+
+    def call(p, x, t, c):
+        if isinstance(c, dict):
+            return unet.apply({"params": p}, x, t, c["context"], added_cond={
+                "text_embeds": c["text_embeds"], "time_ids": c["time_ids"]})
+        return unet.apply({"params": p}, x, t, c)
+    return call
+
+
+def unet_cond(comps, n: int, pipe):
+    """The UNet's conditioning for a batch of n: a context of ones [n, 77, cross dim];
+    SDXL adds a pooled embedding of ones and the pipeline's time ids."""
+    import jax.numpy as jnp
+    u = comps.unet_config
+    ctx = jnp.ones((n, pipe.tokenizer.max_length, u.cross_attention_dim), jnp.float32)
+    if not comps.is_sdxl:
+        return ctx
+    ids = jnp.broadcast_to(jnp.asarray(pipe.time_ids[0]), (n, pipe.time_ids[0].shape[0]))
+    pooled = u.projection_class_embeddings_input_dim - ids.shape[1] * u.addition_time_embed_dim
+    return {"context": ctx, "text_embeds": jnp.ones((n, pooled), jnp.float32),
+            "time_ids": ids}
 
 
 def unet_flops_xla(unet_cfg, params, x, t, ctx) -> float:
@@ -244,7 +269,6 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
     import jax.numpy as jnp
 
     from diffjax.diffusion.samplers import get_sampler
-    from diffjax.models.unet import UNet2DConditionModel
     from diffjax.pipeline import SampleSpec, TextToImage, memory_plan
     pipe = TextToImage(comps, SampleSpec(sampler=spec.sampler, steps=spec.steps,
                                          batch_size=b, height=spec.height,
@@ -253,18 +277,17 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
                        devices=jax.devices()[:1])
     unet_cfg = comps.unet_config
     lh, lw = pipe.height // pipe.vae_factor, pipe.width // pipe.vae_factor
-    unet = UNet2DConditionModel(unet_cfg)
     x = jnp.ones((2 * b, lh, lw, unet_cfg.in_channels), jnp.float32)
     t = jnp.full((2 * b,), 500.0)
-    ctx = jnp.ones((2 * b, comps.text_config.max_position_embeddings,
-                    unet_cfg.cross_attention_dim), jnp.float32)
-    unet_fn = jax.jit(lambda p, x, t, c: unet.apply({"params": p}, x, t, c))
+    ctx = unet_cond(comps, 2 * b, pipe)
+    unet_fn = jax.jit(flat_unet_fn(unet_cfg, flat=False))
     params = pipe.params["unet"]
     _say(f"batch {b}: compiling the UNet call (CFG batch {2 * b}, {lh}x{lw} latents)")
     t0 = time.perf_counter()
     compiled_unet = unet_fn.lower(params, x, t, ctx).compile()
     unet_compile = time.perf_counter() - t0
     unet_temp = memory_plan(compiled_unet).get("temp_bytes")
+    unet_planned = sum(memory_plan(compiled_unet).values()) or None
     _say(f"batch {b}: UNet call compiled in {unet_compile:.1f} s, planned temporaries "
          f"{unet_temp} bytes; counting FLOPs")
     xla_flops = unet_flops_xla(unet_cfg, params, x, t, ctx)
@@ -280,7 +303,8 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
         unet_s = times["ours"]
     row = dict(batch=b, unet_call_s=unet_s, unet_compile_s=unet_compile,
                unet_flops_xla=xla_flops, unet_flops_analytic=analytic,
-               mfu=(analytic / unet_s / peak) if peak else None, unet_temp_bytes=unet_temp)
+               mfu=(analytic / unet_s / peak) if peak else None, unet_temp_bytes=unet_temp,
+               unet_planned_bytes=unet_planned)
     if theirs is not None:
         row.update(diffusers_unet_call_s=times["theirs"],
                    diffjax_over_diffusers=unet_s / times["theirs"],
@@ -289,7 +313,8 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
         on_part({**row, **peak_memory()})
     _say(f"batch {b}: compiling the {spec.steps}-step sample program")
     sample_compile = pipe.compile_seconds()
-    sample_temp = pipe.memory_plan().get("temp_bytes")
+    plan = pipe.memory_plan()
+    sample_temp = plan.get("temp_bytes")
     _say(f"batch {b}: sample program compiled in {sample_compile:.1f} s, planned "
          f"temporaries {sample_temp} bytes; timing it and the VAE decode")
     prompts, seeds = ["a benchmark prompt"] * b, list(range(b))
@@ -298,7 +323,8 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
     nfe = get_sampler(spec.sampler).nfe(spec.steps)
     row.update(sample_s=sample_s, sample_compile_s=sample_compile, vae_decode_s=vae_s,
                nfe=nfe, loop_overhead=(sample_s - vae_s) / (nfe * unet_s),
-               images_per_s=b / sample_s, sample_temp_bytes=sample_temp)
+               images_per_s=b / sample_s, sample_temp_bytes=sample_temp,
+               sample_planned_bytes=sum(plan.values()) or None)
     row.update(peak_memory())
     return row
 
@@ -376,12 +402,17 @@ def _diffusers_unet(comps, params, x, t, ctx, spec):
     ref = ref.to(dev, dt)
     tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(dev, dt)
     tt = torch.from_numpy(np.asarray(t)).to(dev)
-    tc = torch.from_numpy(np.asarray(ctx)).to(dev, dt)
+    to_t = lambda a: torch.from_numpy(np.asarray(a)).to(dev, dt)  # noqa: E731
+    added = None
+    if isinstance(ctx, dict):           # SDXL: added_cond_kwargs
+        added = {"text_embeds": to_t(ctx["text_embeds"]), "time_ids": to_t(ctx["time_ids"])}
+        ctx = ctx["context"]
+    tc = to_t(ctx)
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
 
     def call():
         with torch.inference_mode():
-            ref(tx, tt, tc)
+            ref(tx, tt, tc, added_cond_kwargs=added)
         sync()
     call()
     return call, torch.get_num_threads()
@@ -391,7 +422,8 @@ def markdown(result: dict) -> str:
     cols = ["batch", "unet_call_s", "sample_s", "vae_decode_s", "nfe", "loop_overhead",
             "images_per_s", "unet_compile_s", "sample_compile_s", "unet_flops_analytic",
             "unet_flops_xla", "mfu", "diffusers_unet_call_s", "diffjax_over_diffusers",
-            "unet_temp_bytes", "sample_temp_bytes", "host_peak_rss_bytes",
+            "unet_temp_bytes", "sample_temp_bytes", "unet_planned_bytes",
+            "sample_planned_bytes", "host_peak_rss_bytes",
             "device_peak_bytes"]
     cols = [c for c in cols if any(c in r for r in result["rows"])]
     fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa
