@@ -180,22 +180,33 @@ def test_bad_unet_checkpoint_names_keys(unet_case):
 
 
 def test_sharded_unet_equals_unsharded():
-    """SD2-like (linear projections, per-block heads): the layout with the most axes."""
+    """SDXL-like (linear projections, per-block heads and depths, text_time added
+    conditioning) at a latent that is not a multiple of the downsampling factor: the
+    layout with the most axes, sharded over data x tensor."""
     import flax.linen as nn
     from diffjax import sharding
-    kw = UNET_CASES["sd2-like"]
-    config = wu.unet_config_from_diffusers(dict(kw, in_channels=4, out_channels=4))
+    kw = dict(UNET_CASES["sd2-like"], in_channels=4, out_channels=4,
+              transformer_layers_per_block=(1, 2, 1), addition_embed_type="text_time",
+              addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
+    config = wu.unet_config_from_diffusers(kw)
     model = UNet2DConditionModel(config)
-    x, t, ctx = _unet_inputs(kw, batch=2)
-    x = x.transpose(0, 2, 3, 1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 12, 10, 4)).astype(np.float32)
+    t = np.array([999.0, 17.0], np.float32)
+    ctx = rng.normal(size=(2, 7, kw["cross_attention_dim"])).astype(np.float32)
+    added = {"text_embeds": rng.normal(size=(2, 16)).astype(np.float32),
+             "time_ids": np.array([[1024, 768, 0, 16, 1024, 768]] * 2, np.float32)}
     boxed = abstract_params(config)
-    params = nn.meta.unbox(model.init(jax.random.key(0), x, t, ctx)["params"])
+    params = nn.meta.unbox(model.init(jax.random.key(0), x, t, ctx, added)["params"])
     mesh = sharding.make_mesh((2, 1, 4))
     shardings = sharding.param_shardings(boxed, mesh)
     sharded = jax.device_put(params, shardings)
     assert sum(not a.sharding.is_fully_replicated for a in jax.tree.leaves(sharded)) > 10
+    assert not sharded["add_embedding"]["linear_1"]["kernel"].sharding.is_fully_replicated
+    rows = {k: sharding.batch_sharding(mesh, 2) for k in added}
     f = jax.jit(model.apply, in_shardings=({"params": shardings}, sharding.batch_sharding(mesh, 4),
                                            sharding.batch_sharding(mesh, 1),
-                                           sharding.batch_sharding(mesh, 3)))
-    np.testing.assert_allclose(f({"params": sharded}, x, t, ctx),
-                               model.apply({"params": params}, x, t, ctx), atol=1e-4, rtol=0)
+                                           sharding.batch_sharding(mesh, 3), rows))
+    np.testing.assert_allclose(f({"params": sharded}, x, t, ctx, added),
+                               model.apply({"params": params}, x, t, ctx, added), atol=1e-4,
+                               rtol=0)
