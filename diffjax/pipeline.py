@@ -78,6 +78,11 @@ class SampleSpec:
     denoising_end: float = 1.0
     refiner: str = ""                       # a refiner model: the base hands over at
     refiner_switch: float = 0.8             # refiner_switch (its denoising_end/_start)
+    # prompts: "a1111" = A1111's emphasis syntax, BREAK and 75-token chunks
+    # (`prompt_weights`); "plain" = the text as is, truncated at 75 tokens (reported).
+    # max_prompt_chunks > 0 truncates A1111-syntax prompts to that many chunks (reported).
+    prompt_syntax: typing.Literal["a1111", "plain"] = "a1111"
+    max_prompt_chunks: int = 0
 
     def __post_init__(self):
         from diffjax.diffusion.samplers import check_options
@@ -103,6 +108,7 @@ class SampleSpec:
                 raise ConfigError(f"{name} must be two integers >= 0 (height, width / top, "
                                   f"left) or empty, got {value!r}")
             object.__setattr__(self, name, value)
+        check_range("max_prompt_chunks", self.max_prompt_chunks, lo=0)
         check_range("denoising_start", self.denoising_start, lo=0.0, hi=1.0)
         check_range("denoising_end", self.denoising_end, lo=0.0, hi=1.0)
         if self.denoising_start >= self.denoising_end:
@@ -151,7 +157,8 @@ def spec_from_config(config) -> SampleSpec:
 SDXL_KEYS = ("prompt_2", "negative_prompt_2", "original_size", "crops_coords_top_left",
              "target_size", "negative_original_size", "negative_crops_coords_top_left",
              "negative_target_size", "aesthetic_score", "negative_aesthetic_score",
-             "denoising_start", "denoising_end")
+             "denoising_start", "denoising_end",
+             "prompt_syntax", "max_prompt_chunks")   # (#27; absent from older configs)
 
 
 def sdxl_fields_of(config) -> dict:
@@ -419,7 +426,12 @@ class TextToImage:
         towers = self._text_modules()
         if not self.sdxl:
             key, text = towers[0]
-            return text.apply({"params": params[key]}, ids, clip_skip=clip_skip).context
+            encode = lambda i: text.apply({"params": params[key]}, i,  # noqa: E731
+                                          clip_skip=clip_skip).context
+            if isinstance(ids, dict):    # A1111 emphasis / 75-token chunks (prompt_weights)
+                from diffjax.prompt_weights import encode_chunks
+                return encode_chunks(encode, ids["ids"], ids["weights"])
+            return encode(ids)
         outs = [text.apply({"params": params[key]}, i) for (key, text), i in zip(towers, ids)]
         context = jnp.concatenate([o.hidden_states[-(clip_skip + 2)] for o in outs], -1)
         return {"context": context, "text_embeds": outs[-1].pooled}
@@ -431,19 +443,53 @@ class TextToImage:
         rows with no negative prompt get zeros (embeddings and pooled) when the model has
         force_zeros_for_empty_prompt (an empty negative prompt is diffusers'
         `negative_prompt=None`)."""
-        b = ids[0].shape[0]
-        outs = [text.apply({"params": params[key]}, jnp.concatenate([i, n]))
-                for (key, text), i, n in zip(self._text_modules(), ids, neg_ids)]
-        pick = lambda skip, rows: {  # noqa: E731
-            "context": jnp.concatenate([o.hidden_states[-(skip + 2)][rows] for o in outs], -1),
-            "text_embeds": outs[-1].pooled[rows]}
-        context, unctx = pick(self.clip_skip, slice(0, b)), pick(0, slice(b, 2 * b))
+        if isinstance(ids[0], dict):     # A1111 emphasis / 75-token chunks (prompt_weights)
+            context, unctx = self._sdxl_weighted_contexts(params, ids, neg_ids)
+            neg_first = neg_ids[0]["ids"]
+        else:
+            b = ids[0].shape[0]
+            outs = [text.apply({"params": params[key]}, jnp.concatenate([i, n]))
+                    for (key, text), i, n in zip(self._text_modules(), ids, neg_ids)]
+            pick = lambda skip, rows: {  # noqa: E731
+                "context": jnp.concatenate([o.hidden_states[-(skip + 2)][rows] for o in outs],
+                                           -1),
+                "text_embeds": outs[-1].pooled[rows]}
+            context, unctx = pick(self.clip_skip, slice(0, b)), pick(0, slice(b, 2 * b))
+            neg_first = neg_ids[0]
         if self.components.force_zeros_for_empty_prompt:
-            empty = jnp.all(neg_ids[0] == jnp.asarray(self._empty_ids[0])[None], axis=-1)
+            reps = neg_first.shape[-1] // self._empty_ids[0].shape[0]   # every chunk empty
+            empty = jnp.all(neg_first == jnp.tile(jnp.asarray(self._empty_ids[0]), reps)[None],
+                            axis=-1)
             unctx = jax.tree.map(
                 lambda u: jnp.where(empty.reshape((-1,) + (1,) * (u.ndim - 1)), 0.0, u)
                 .astype(u.dtype), unctx)
         return context, unctx
+
+    def _sdxl_weighted_contexts(self, params, ids, neg_ids):
+        """`_sdxl_contexts` for chunked / emphasised ids ({"ids", "weights"} [B, 77 k] per
+        tower): every chunk through each tower, A1111 emphasis per chunk, chunks
+        concatenated; the pooled embedding is the first chunk's (as A1111)."""
+        from diffjax.prompt_weights import encode_chunks
+        b = ids[0]["ids"].shape[0]
+        parts, pooled = {"pos": [], "neg": []}, None
+        for (key, text), i, n in zip(self._text_modules(), ids, neg_ids):
+            both = {k: jnp.concatenate([i[k], n[k]]) for k in ("ids", "weights")}
+            k = both["ids"].shape[1] // 77
+            out = {}
+
+            def encode(x, text=text, key=key, out=out):
+                o = text.apply({"params": params[key]}, x)
+                out["pooled"] = o.pooled
+                out["neg"] = o.hidden_states[-2]          # negatives: penultimate layer
+                return o.hidden_states[-(self.clip_skip + 2)]
+            states = encode_chunks(encode, both["ids"], both["weights"])
+            neg_states = encode_chunks(lambda x, out=out: out["neg"], both["ids"],
+                                       both["weights"])
+            parts["pos"].append(states[:b])
+            parts["neg"].append(neg_states[b:])
+            pooled = out["pooled"].reshape(2 * b, k, -1)[:, 0]
+        return ({"context": jnp.concatenate(parts["pos"], -1), "text_embeds": pooled[:b]},
+                {"context": jnp.concatenate(parts["neg"], -1), "text_embeds": pooled[b:]})
 
     def _generate(self, params, ids, neg_ids, seeds, *extra):
         if not self.sdxl:
@@ -535,6 +581,45 @@ class TextToImage:
         texts = [prompts, [p2 or p for p, p2 in zip(prompts, prompts_2)]]
         return tuple(t.tokenize(x).ids for t, x in zip(self.tokenizers, texts))
 
+    def _weighted_ids(self, prompts, prompts_2, negatives, negatives_2):
+        """(ids, neg_ids) with A1111's syntax (`prompt_weights`): plain arrays, exactly as
+        `_ids`, when no prompt of the call has emphasis or more than 75 tokens; otherwise
+        {"ids", "weights"} [B, 77 k] per tower, prompts and negatives (and SDXL's towers)
+        padded to one chunk count k with empty-prompt chunks. Truncation only with
+        spec.max_prompt_chunks (reported in `self.truncated`)."""
+        from diffjax import prompt_weights as pw
+        texts = [[prompts, negatives]]
+        if self.sdxl:
+            texts = [[prompts, negatives], [[b or a for a, b in zip(prompts, prompts_2)],
+                                            [b or a for a, b in zip(negatives, negatives_2)]]]
+            texts = texts[:len(self.tokenizers)]
+        limit = self.spec.max_prompt_chunks
+        items = [[[pw.tokenize_weighted(tok, t, limit) for t in side] for side in sides]
+                 for tok, sides in zip(self.tokenizers, texts)]
+        flat = [it for sides in items for side in sides for it in side]
+        self.truncated = max(it.n_truncated for it in flat)
+        if self.truncated:
+            import logging
+            logging.getLogger(__name__).warning(
+                "prompt truncated to max_prompt_chunks=%d chunks of 75 tokens: %d token(s) "
+                "dropped", limit, self.truncated)
+        k = max(len(it.ids) for it in flat)
+        if k == 1 and all(np.all(it.weights == 1.0) for it in flat):
+            out = [[np.stack([it.ids[0] for it in side]) for side in sides] for sides in items]
+        else:
+            out = []
+            for tok, sides in zip(self.tokenizers, items):
+                empty = pw.empty_chunk(tok)
+                pad = lambda it: (np.concatenate([it.ids] + [empty[None]] * (k - len(it.ids))),  # noqa
+                                  np.concatenate([it.weights, np.ones((k - len(it.ids), 77),
+                                                                      np.float32)]))
+                out.append([{"ids": np.stack([pad(it)[0].reshape(-1) for it in side]),
+                             "weights": np.stack([pad(it)[1].reshape(-1) for it in side])}
+                            for side in sides])
+        if not self.sdxl:
+            return out[0][0], out[0][1]
+        return tuple(o[0] for o in out), tuple(o[1] for o in out)
+
     def _global_inputs(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None,
                        latents=None):
         from diffjax import sharding
@@ -544,8 +629,10 @@ class TextToImage:
         pad = lambda xs: list(xs) + [xs[-1]] * (b - n)  # noqa: E731  (padding is dropped)
         p2 = pad(prompts_2 or [self.spec.prompt_2] * n)
         n2 = pad(negatives_2 or [self.spec.negative_prompt_2] * n)
-        ids = self._ids(pad(prompts), p2)
-        neg = self._ids(pad(negatives), n2)
+        if self.spec.prompt_syntax == "a1111":
+            ids, neg = self._weighted_ids(pad(prompts), p2, pad(negatives), n2)
+        else:
+            ids, neg = self._ids(pad(prompts), p2), self._ids(pad(negatives), n2)
         seeds = np.asarray(pad([int(s) for s in seeds]), np.uint32)
 
         def put(a, ndim):
@@ -564,11 +651,15 @@ class TextToImage:
             return ids, neg, put(seeds, 1), latents
         return ids, neg, put(seeds, 1), *self.image_inputs
 
-    def input_structs(self, batch_size: int | None = None):
+    def input_structs(self, batch_size: int | None = None, chunks: int = 0):
         """The abstract inputs of the sample program after `params` (ids, neg_ids, seeds,
-        extra): what `lower` needs, from shapes alone."""
+        extra): what `lower` needs, from shapes alone. chunks > 0: A1111-syntax ids of that
+        many 75-token chunks with their weights (`_weighted_ids`)."""
         b = batch_size or self.spec.batch_size
         one = jax.ShapeDtypeStruct((b, self.tokenizer.max_length), jnp.int32)
+        if chunks:
+            one = {"ids": jax.ShapeDtypeStruct((b, 77 * chunks), jnp.int32),
+                   "weights": jax.ShapeDtypeStruct((b, 77 * chunks), jnp.float32)}
         ids = tuple(one for _ in self.tokenizers) if self.sdxl else one
         seeds = jax.ShapeDtypeStruct((b,), jnp.uint32)
         extra = ((jax.ShapeDtypeStruct((b, *self.latent_shape), jnp.float32),)
@@ -576,16 +667,20 @@ class TextToImage:
                  tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in self._init_arrays))
         return ids, ids, seeds, *extra
 
-    def lower(self, batch_size: int | None = None):
+    def lower(self, batch_size: int | None = None, chunks: int = 0):
         """The sample program lowered from abstract params and inputs (`jax.stages.Lowered`):
         `.compile()` it, read `memory_analysis()` / `cost_analysis()`. Places nothing."""
-        return self._jitted.lower(self.abstract_params(), *self.input_structs(batch_size))
+        return self._jitted.lower(self.abstract_params(),
+                                  *self.input_structs(batch_size, chunks))
 
-    def _executable(self):
+    def _executable(self, chunks: int = 0):
+        """The compiled program for plain ids (chunks 0) or for A1111-syntax ids of
+        `chunks` chunks: one compile per shape a job meets."""
         b = self.spec.batch_size
-        if b not in self._compiled:
-            self._compiled[b] = self.lower(b).compile()
-        return self._compiled[b]
+        key = b if not chunks else (b, chunks)
+        if key not in self._compiled:
+            self._compiled[key] = self.lower(b, chunks).compile()
+        return self._compiled[key]
 
     def compile_seconds(self, batch_size: int | None = None) -> float:
         """Compile (or load from the persistent cache) now; return the seconds it took."""
@@ -603,8 +698,11 @@ class TextToImage:
                    latents=None):
         """One fixed-size batch as the program's global output array (batch-sharded;
         rows past len(prompts) are padding)."""
-        return self._executable()(self.params, *self._global_inputs(
-            prompts, negatives, seeds, prompts_2, negatives_2, latents))
+        inputs = self._global_inputs(prompts, negatives, seeds, prompts_2, negatives_2,
+                                     latents)
+        first = inputs[0][0] if self.sdxl else inputs[0]
+        chunks = first["ids"].shape[1] // 77 if isinstance(first, dict) else 0
+        return self._executable(chunks)(self.params, *inputs)
 
     def generate_local(self, prompts: Sequence[str], negatives: Sequence[str],
                        seeds: Sequence[int], prompts_2=None, negatives_2=None, latents=None):
@@ -658,6 +756,14 @@ class TextToImage:
             meta["denoising_end"] = s.denoising_end
         if s.denoising_start > 0.0:
             meta["denoising_start"] = s.denoising_start
+        # A1111's hashes (#27): the single file's, the LoRAs' and embeddings' (load_pipeline)
+        source = getattr(self.components, "source_file", None)
+        if source:
+            from diffjax.a1111 import model_hash
+            meta["model_hash"] = model_hash(source)
+        for key in ("lora_hashes", "ti_hashes"):
+            if getattr(self, key, None):
+                meta[key] = dict(getattr(self, key))
         return meta
 
 
@@ -834,12 +940,16 @@ def memory_plan(compiled) -> dict:
             "temp_bytes": int(m.temp_size_in_bytes)}
 
 
-def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> TextToImage:
-    """A TextToImage from a preset name (random weights), a diffusers-format folder or a
-    diffjax checkpoint (`diffjax convert`).
+def load_pipeline(path_or_preset: str, config=None, seed: int = 0, loras=(), embeddings=(),
+                  prediction_type: str | None = None, allow_pickle: bool = False,
+                  **kwargs) -> TextToImage:
+    """A TextToImage from a preset name (random weights), a diffusers-format folder, a
+    diffjax checkpoint (`diffjax convert`) or a single-file checkpoint.
 
     config: a SampleSpec, a sample ConfigDict (`diffjax.configs.sample`), or None for
-    defaults.
+    defaults. loras: "FILE:SCALE" strings or `weights.lora.LoraSpec`s, fused into the
+    params on their devices; embeddings: textual-inversion files (token: the file's own or
+    its name). prediction_type / allow_pickle: see `weights.load.load`.
     """
     from diffjax.weights.load import load
     if config is None:
@@ -848,8 +958,30 @@ def load_pipeline(path_or_preset: str, config=None, seed: int = 0, **kwargs) -> 
         spec = config
     else:
         spec = spec_from_config(config)
-    comps = load(path_or_preset, spec.dtype, spec.attention, seed)
+    comps = load(path_or_preset, spec.dtype, spec.attention, seed, prediction_type,
+                 allow_pickle)
+    ti_hashes = add_embeddings(comps, embeddings, allow_pickle)
     if spec.refiner:
-        return BaseRefiner(comps, load(spec.refiner, spec.dtype, spec.attention, seed + 10),
+        pipe = BaseRefiner(comps, load(spec.refiner, spec.dtype, spec.attention, seed + 10),
                            spec, **kwargs)
-    return TextToImage(comps, spec, **kwargs)
+        base = pipe.base
+    else:
+        pipe = base = TextToImage(comps, spec, **kwargs)
+    base.ti_hashes = ti_hashes
+    if loras:
+        from diffjax.weights import lora
+        deltas, base.lora_hashes = lora.load_loras(comps, loras, allow_pickle)
+        base.params = lora.fuse_placed(base.params, deltas)   # on the params' shardings
+    return pipe
+
+
+def add_embeddings(components, paths, allow_pickle: bool = False) -> dict[str, str]:
+    """Textual-inversion files added to `components` (tokenizers and token embeddings);
+    {token: A1111 TI hash} for the metadata."""
+    from diffjax.a1111 import embedding_hash
+    from diffjax.weights.textual_inversion import add_embedding
+    hashes = {}
+    for path in paths:
+        token, _ = add_embedding(components, path, allow_pickle=allow_pickle)
+        hashes[token] = embedding_hash(path)
+    return hashes

@@ -398,7 +398,7 @@ def load_single_file(path: str, dtype: str = "float32", attention: str = "auto",
                                  attention_impl=attention)
         texts.append((tc, upcast_half(text_params_from_state_dict(tsd, tc, f"{key} in {path}"))))
     (tc, tp), (tc2, tp2) = texts
-    return Components(name, tc, tp, uc, upcast_half(up), vc, upcast_half(vp),
+    comps = Components(name, tc, tp, uc, upcast_half(up), vc, upcast_half(vp),
                       open_clip_tokenizer_dir() if f.kind == "sd2" else None, scheduler,
                       clip_skip=int(configs.get("clip_skip", 0)),
                       # SDXL: the second tower (bigG; the refiner's only one) with the
@@ -409,6 +409,8 @@ def load_single_file(path: str, dtype: str = "float32", attention: str = "auto",
                           "force_zeros_for_empty_prompt", f.kind == "sdxl"),
                       requires_aesthetics_score=configs.get(
                           "requires_aesthetics_score", f.kind == "sdxl-refiner"))
+    comps.source_file = os.path.abspath(path)     # A1111's "Model hash" (pipeline metadata)
+    return comps
 
 
 # ---------------------------------------------------------------------------- export
