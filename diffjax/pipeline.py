@@ -964,14 +964,27 @@ def load_pipeline(path_or_preset: str, config=None, seed: int = 0, loras=(), emb
     if spec.refiner:
         pipe = BaseRefiner(comps, load(spec.refiner, spec.dtype, spec.attention, seed + 10),
                            spec, **kwargs)
-        base = pipe.base
     else:
-        pipe = base = TextToImage(comps, spec, **kwargs)
-    base.ti_hashes = ti_hashes
+        pipe = TextToImage(comps, spec, **kwargs)
+    return fuse_loras(pipe, loras, allow_pickle, ti_hashes)
+
+
+def model_options(config) -> dict:
+    """`weights.load.load`'s single-file options from a sample config (absent keys of an
+    older config.json: the defaults)."""
+    return dict(prediction_type=config.get("prediction_type") or None,
+                allow_pickle=bool(config.get("allow_pickle", False)))
+
+
+def fuse_loras(pipe, loras, allow_pickle: bool = False, ti_hashes=None):
+    """LoRAs fused into a built pipeline's params on their shardings (the base's, with a
+    refiner), their and the embeddings' A1111 hashes kept for the metadata."""
+    base = pipe.base if isinstance(pipe, BaseRefiner) else pipe
+    base.ti_hashes = dict(ti_hashes or {})
     if loras:
         from diffjax.weights import lora
-        deltas, base.lora_hashes = lora.load_loras(comps, loras, allow_pickle)
-        base.params = lora.fuse_placed(base.params, deltas)   # on the params' shardings
+        deltas, base.lora_hashes = lora.load_loras(base.components, loras, allow_pickle)
+        base.params = lora.fuse_placed(base.params, deltas)
     return pipe
 
 

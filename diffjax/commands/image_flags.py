@@ -48,8 +48,9 @@ def apply_flags(config, args):
     aspect, pixels = getattr(args, "aspect", None), getattr(args, "pixels", None)
     if aspect is None and pixels is None:
         return None
+    from diffjax.pipeline import model_options
     from diffjax.weights.load import load
-    comps = load(config.model, config.dtype, config.attention, 0)
+    comps = load(config.model, config.dtype, config.attention, 0, **model_options(config))
     factor = comps.vae_config.downsample_factor   # the UNet takes any latent size
     native = comps.unet_config.sample_size * comps.vae_config.downsample_factor
     if comps.is_sdxl and pixels is None:          # SDXL: the training bucket of that aspect
@@ -85,10 +86,14 @@ def pipeline_for(config, spec, components=None):
     """The pipeline the config asks for: with config.image naming an init image, img2img
     or inpainting from it (the PNG metadata records the init image's and mask's file hashes
     (sha256) and the strength); else text-to-image."""
-    from diffjax.pipeline import BaseRefiner, InitImage, TextToImage
+    from diffjax.pipeline import (BaseRefiner, InitImage, TextToImage, add_embeddings,
+                                  fuse_loras, model_options)
     from diffjax.weights.load import load
+    options = model_options(config)
     if components is None:
-        components = load(config.model, spec.dtype, spec.attention, 0)
+        components = load(config.model, spec.dtype, spec.attention, 0, **options)
+    ti_hashes = add_embeddings(components, tuple(config.get("embeddings", ())),
+                               options["allow_pickle"])
     image = config.get("image")
     init = None
     if image and image.init_image:
@@ -97,6 +102,10 @@ def pipeline_for(config, spec, components=None):
                          resize=image.resize, image_hash=file_sha256(image.init_image),
                          mask_hash=file_sha256(image.mask) if image.mask else None)
     if spec.refiner:     # base (text-to-image or img2img) -> refiner
-        return BaseRefiner(components, load(spec.refiner, spec.dtype, spec.attention, 10),
+        pipe = BaseRefiner(components, load(spec.refiner, spec.dtype, spec.attention, 10),
                            spec, init=init)
-    return TextToImage(components, spec, init=init)
+    else:
+        pipe = TextToImage(components, spec, init=init)
+    # LoRAs fused on the params' shardings; LoRA / embedding hashes go in the metadata
+    return fuse_loras(pipe, tuple(config.get("loras", ())), options["allow_pickle"],
+                      ti_hashes)

@@ -33,21 +33,36 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="preset name, diffusers folder or diffjax checkpoint "
                                         "(config.model)")
     parser.add_argument("--out", help="output directory, local or gs:// (config.out)")
+    parser.add_argument("--lora", action="append", metavar="FILE[:SCALE]",
+                        help="a LoRA fused at load, repeatable (config.loras)")
+    parser.add_argument("--embedding", action="append", metavar="FILE",
+                        help="a textual-inversion embedding, repeatable (config.embeddings)")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"),
+                        help="an SD 2.x single file's prediction type (config.prediction_type)")
+    parser.add_argument("--allow-pickle", action="store_true", default=None,
+                        help="read .ckpt/.pt/.bin files with the restricted tensors-only "
+                             "unpickler (config.allow_pickle)")
     from diffjax.commands import image_flags   # --init-image --mask --strength --aspect ...
     image_flags.add_arguments(parser)
 
 
 FLAG_TO_KEY = {"prompt": "prompt", "prompt_file": "prompt_file", "seeds": "seeds",
-               "negative_prompt": "negative_prompt", "model": "model", "out": "out"}
+               "negative_prompt": "negative_prompt", "model": "model", "out": "out",
+               "prediction_type": "prediction_type", "allow_pickle": "allow_pickle"}
+LIST_FLAGS = {"lora": "loras", "embedding": "embeddings"}   # repeatable flags
 
 
 def resolve_config(args):
     from diffjax.config import apply_override, load_config
     config = load_config(args.config, args.config_overrides)
     for flag, key in FLAG_TO_KEY.items():
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             apply_override(config, f"{key}={value}")
+    for flag, key in LIST_FLAGS.items():
+        values = getattr(args, flag, None)
+        if values:
+            apply_override(config, f"{key}={','.join(values)}")
     return config
 
 

@@ -63,6 +63,17 @@ def get_config(arg=None):
     # refiner finishes (diffusers' denoising_end / denoising_start), e.g.
     # --config.refiner.model=stabilityai/...-refiner-1.0-folder --config.refiner.switch=0.8
     c.refiner = ml_collections.ConfigDict(dict(model="", switch=0.8))
+    # Checkpoints people hold (#27): prompts in A1111's syntax ("a1111": (word:1.3), [word],
+    # BREAK, prompts longer than 75 tokens in chunks) or "plain"; max_prompt_chunks > 0
+    # truncates (reported). loras: "FILE:SCALE" entries fused at load; embeddings:
+    # textual-inversion files; prediction_type: an SD 2.x single file's ("" = from the
+    # file); allow_pickle: read .ckpt/.pt/.bin with the restricted (tensors-only) unpickler.
+    c.prompt_syntax = "a1111"
+    c.max_prompt_chunks = 0
+    c.loras = ()
+    c.embeddings = ()
+    c.prediction_type = ""
+    c.allow_pickle = False
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # ('data','fsdp','tensor')
     c.compilation_cache = "~/.cache/diffjax/jax"  # persistent XLA cache ("" = off)
     # Multi-host: coordinator "" = one process; "auto" = platform discovery (TPU pods);
