@@ -54,6 +54,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clip", help="CLIP for clip_score and fd_clip: a transformers "
                                        "CLIPModel folder, a folder with text_encoder/ + "
                                        "image_encoder/, or 'mini'")
+    parser.add_argument("--open-clip-config",
+                        help="with --clip CHECKPOINT (.safetensors/.bin): open_clip's model "
+                             "config JSON (e.g. its ViT-H-14.json)")
     parser.add_argument("--ref-stats", help="pytorch-fid .npz (mu, sigma) of the reference "
                                             "set, for fid")
     parser.add_argument("--ref-images", help="reference images: a folder or shapes:<split> "
@@ -172,7 +175,11 @@ def _extractors(args):
         out["dinov2"] = lambda ims, caps, prog: {"features": d(ims, prog)}
     if args.clip:
         from diffjax.metrics.clip_features import CLIPFeatures
-        if os.path.exists(os.path.join(args.clip, "config.json")):
+        if args.open_clip_config:
+            with open(args.open_clip_config, encoding="utf-8") as fh:
+                c = CLIPFeatures.from_open_clip(args.clip, json.load(fh),
+                                                allow_pickle=args.allow_pickle)
+        elif os.path.exists(os.path.join(args.clip, "config.json")):
             c = CLIPFeatures.from_transformers_folder(args.clip)
         else:
             c = CLIPFeatures.from_model(args.clip)
@@ -285,6 +292,7 @@ def _run(args, E, gaussian_stats) -> int:
            "config": None if args.images else [args.config, *args.config_overrides],
            "model": args.model, "seed": args.seed, "fid_resize": args.fid_resize,
            **{n: getattr(args, n) for n in EXTRACTOR_FLAGS},
+           "open_clip_config": args.open_clip_config,
            "ref_stats": args.ref_stats, "ref_images": args.ref_images, "chunk": args.chunk}
     _check_same_job(out, job)
 

@@ -140,6 +140,20 @@ class CLIPFeatures:
         return cls(tc, upcast_half(tp), vc, upcast_half(vp), tok, proc.mean, proc.std, proc)
 
     @classmethod
+    def from_open_clip(cls, checkpoint: str, model_cfg: dict, tokenizer_dir: str | None = None,
+                       allow_pickle: bool = False) -> "CLIPFeatures":
+        """An open_clip checkpoint and its model config (`diffjax.weights.open_clip`), images
+        preprocessed as open_clip's (PIL bicubic shortest-edge resize in one call, centre
+        crop, OpenAI mean/std), text with the CLIP vocabulary (packaged unless given)."""
+        from diffjax.metrics.clip_processor import CLIPProcessorConfig
+        from diffjax.weights.open_clip import load_open_clip
+        tc, tp, vc, vp = load_open_clip(checkpoint, model_cfg, allow_pickle)
+        s = vc.image_size
+        proc = CLIPProcessorConfig(shortest_edge=s, crop_height=s, crop_width=s,
+                                   resize_passes=1, crop_offset="round")
+        return cls(tc, tp, vc, vp, tokenizer_dir, proc.mean, proc.std, proc)
+
+    @classmethod
     def from_model(cls, name_or_folder: str = "mini") -> "CLIPFeatures":
         """The CLIP of a packaged model ("mini") or of a folder."""
         from diffjax.weights.components import PACKAGED_MODELS, packaged_model_dir

@@ -8,7 +8,9 @@ torchvision backend runs them on a uint8 image:
    antialiased bicubic on uint8: PIL's bicubic here, one axis at a time as torchvision's
    uint8 kernel (ported from PIL) runs it: within 1 grey level of it; an image already of
    that size is left untouched, as both libraries leave it;
-2. centre crop: top = int((H - h) / 2), left = int((W - w) / 2);
+2. centre crop: top = int((H - h) / 2), left = int((W - w) / 2) (open_clip's torchvision
+   CenterCrop rounds instead, and resizes PIL images in one call: `crop_offset`,
+   `resize_passes`);
 3. (x - mean / rescale_factor) / (std / rescale_factor) in float32 (the fused rescale).
 Images already at the crop size skip 1-2, so feeding such pixels gives the processor's
 pixels exactly.
@@ -37,6 +39,12 @@ class CLIPProcessorConfig:
     do_resize: bool = True
     do_center_crop: bool = True
     do_normalize: bool = True
+    # 2: one axis at a time, as transformers' torchvision backend on uint8 tensors; 1: one
+    # PIL resize call, as open_clip's torchvision transforms on PIL images
+    resize_passes: int = 2
+    # centre-crop offset: "floor" int((H - h) / 2) as transformers; "round" as
+    # torchvision's CenterCrop (open_clip): int(round((H - h) / 2))
+    crop_offset: str = "floor"
 
     @classmethod
     def from_file(cls, path: str) -> "CLIPProcessorConfig":
@@ -67,7 +75,7 @@ class CLIPProcessorConfig:
         return None
 
 
-def resize_shortest_edge(image: np.ndarray, size: int) -> np.ndarray:
+def resize_shortest_edge(image: np.ndarray, size: int, passes: int = 2) -> np.ndarray:
     """uint8 [H, W, 3] -> shortest edge `size`, aspect kept (antialiased bicubic)."""
     from PIL import Image
     h, w = image.shape[:2]
@@ -76,6 +84,8 @@ def resize_shortest_edge(image: np.ndarray, size: int) -> np.ndarray:
     new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
     if (new_h, new_w) == (h, w):
         return image
+    if passes == 1:
+        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
     # torchvision's uint8 kernel: the horizontal pass, rounded to uint8, then the vertical
     # (a single PIL resize may order the passes otherwise: up to 15 grey levels apart on
     # noise, where the first pass's overshoot is clipped)
@@ -83,7 +93,8 @@ def resize_shortest_edge(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((new_w, new_h), Image.BICUBIC))
 
 
-def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def center_crop(image: np.ndarray, height: int, width: int, offset: str = "floor"
+                ) -> np.ndarray:
     """[H, W, C] -> [height, width, C] from the centre (zero padding if smaller)."""
     h, w = image.shape[:2]
     if height > h or width > w:
@@ -91,7 +102,10 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
         image = np.pad(image, ((top, max(height - h, 0) - top),
                                (left, max(width - w, 0) - left), (0, 0)))
         h, w = image.shape[:2]
-    top, left = int((h - height) / 2.0), int((w - width) / 2.0)
+    if offset == "round":
+        top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    else:
+        top, left = int((h - height) / 2.0), int((w - width) / 2.0)
     return image[top:top + height, left:left + width]
 
 
@@ -106,9 +120,9 @@ def preprocess(images, config: CLIPProcessorConfig) -> np.ndarray:
         if im.dtype != np.uint8:
             im = np.clip(np.rint(im.astype(np.float32) * 255), 0, 255).astype(np.uint8)
         if config.do_resize:
-            im = resize_shortest_edge(im, config.shortest_edge)
+            im = resize_shortest_edge(im, config.shortest_edge, config.resize_passes)
         if config.do_center_crop:
-            im = center_crop(im, config.crop_height, config.crop_width)
+            im = center_crop(im, config.crop_height, config.crop_width, config.crop_offset)
         x = im.astype(np.float32)
         if config.do_normalize:
             scale = np.float32(1.0 / config.rescale_factor)
