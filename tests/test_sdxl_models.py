@@ -35,6 +35,7 @@ from diffjax.models.clip import CLIPTextModel
 from diffjax.models.unet import UNet2DConditionModel
 from diffjax.weights import clip as wclip
 from diffjax.weights import unet as wu
+from diffjax.weights import vae as wv
 
 
 def _count(config) -> int:
@@ -243,9 +244,10 @@ VIT_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidd
 @pytest.mark.parametrize("name,kw", [("sdxl", SDXL_UNET), ("sdxl-refiner", REFINER_UNET)])
 def test_sdxl_unet_preset_counts(name, kw):
     config = presets.UNET_PRESETS[name]
-    assert config == wu.unet_config_from_diffusers(kw)
     with torch.device("meta"):
         ref = diffusers.UNet2DConditionModel(**kw)
+    # every key diffusers saves in config.json is read (none refused) into the preset
+    assert config == wu.unet_config_from_diffusers(dict(ref.config))
     want = sum(p.numel() for p in ref.parameters())
     if name == "sdxl":
         assert want == 2_567_463_684
@@ -268,8 +270,11 @@ def test_sdxl_text_and_vae_preset_counts():
         n = sum(p.numel() for p in ref.parameters())
         assert want is None or n == want
         config = presets.CLIP_TEXT_PRESETS[name]
+        saved = dict(ref.config.to_dict(), architectures=[type(ref).__name__], eos_token_id=2)
+        assert wclip.clip_text_config_from_hf(saved) == config
         assert _count(config) == n, name
         assert len(wclip.text_rows(config)) == len(list(ref.parameters()))
     vc = presets.VAE_PRESETS["sdxl"]
     assert (vc.scaling_factor, vc.force_upcast) == (0.13025, True)
+    assert wv.vae_config_from_diffusers(dict(vae.config)) == vc
     assert _count(vc) == sum(p.numel() for p in vae.parameters())
