@@ -25,24 +25,10 @@ def to_uint8(images) -> np.ndarray:
 
 
 def a1111_parameters(meta: Mapping) -> str:
-    """The A1111 `parameters` text: prompt, negative prompt, then 'Key: value' pairs."""
-    fields = [("Steps", meta.get("steps")), ("Sampler", meta.get("sampler")),
-              ("Schedule type", meta.get("schedule")), ("CFG scale", meta.get("guidance_scale")),
-              ("Seed", meta.get("seed")),
-              ("Size", f"{meta['width']}x{meta['height']}" if "width" in meta else None),
-              ("Model", meta.get("model")),
-              # A1111 counts from 1 (its "Clip skip: 2" is diffusers' clip_skip=1)
-              ("Clip skip", meta["clip_skip"] + 1 if meta.get("clip_skip") else None),
-              ("Guidance rescale", meta.get("guidance_rescale") or None),
-              ("Sampler options", " ".join(f"{k}={v}" for k, v in
-                                           meta["sampler_options"].items())
-               if meta.get("sampler_options") else None),
-              ("Version", f"diffjax {meta['version']}" if "version" in meta else None)]
-    text = meta.get("prompt", "")
-    if meta.get("negative_prompt"):
-        text += f"\nNegative prompt: {meta['negative_prompt']}"
-    text += "\n" + ", ".join(f"{k}: {v}" for k, v in fields if v is not None)
-    return text
+    """The A1111 `parameters` text: prompt, negative prompt, then 'Key: value' pairs with
+    A1111's sampler and schedule names and hashes (`diffjax.a1111.parameters_text`)."""
+    from diffjax.a1111 import parameters_text
+    return parameters_text(meta)
 
 
 def png_bytes(image_uint8: np.ndarray, meta: Mapping) -> bytes:

@@ -73,8 +73,9 @@ def test_png_metadata_round_trip(tmp_path):
         params = im.text["parameters"]
     assert params.splitlines()[0] == "a red circle"
     assert params.splitlines()[1] == "Negative prompt: blurry"
-    assert ("Steps: 20, Sampler: euler, CFG scale: 5.0, Seed: 3, Size: 4x4, Model: tiny, "
+    assert ("Steps: 20, Sampler: Euler, CFG scale: 5.0, Seed: 3, Size: 4x4, Model: tiny, "
             "Clip skip: 2") in params    # A1111 counts from 1: its 2 is the penultimate layer
+    #                                      (and names the sampler its own way: diffjax.a1111)
     assert outputs.read_png_metadata(path) == json.loads(json.dumps(meta))
 
 
