@@ -11,6 +11,9 @@ diffusers' fused state dicts (through our converter) within 1e-5 x max|W| (float
 order only), and the sampled latents of the pipeline with diffjax's fused params (fused on
 the devices, sharded) equal those of the pipeline loaded from diffusers' fused weights
 within 1e-4 x max|ref| (float32; the same program on weights that differ by rounding).
+The same on a tiny SDXL (kohya's SGM-named UNet layers, lora_te1_/lora_te2_, PEFT
+text_encoder_2), through `load_pipeline(loras=["FILE:SCALE", ...])`, with the hashes in the
+metadata.
 """
 
 import os
@@ -225,3 +228,119 @@ def test_delta_rule_and_errors():
     assert lora.parse_lora_arg("a/b.safetensors:0.7") == lora.LoraSpec("a/b.safetensors", 0.7)
     assert lora.parse_lora_arg("c:/x.safetensors") == lora.LoraSpec("c:/x.safetensors", 1.0)
     assert lora.parse_lora_arg("x.safetensors:-0.3").scale == -0.3
+
+
+# ------------------------------------------------------------------------------- SDXL
+def _tiny_sdxl():
+    """A tiny SDXL (CLIP-L-like + bigG-like towers, text_time UNet) as diffjax Components."""
+    import flax.linen as nn
+
+    from diffjax.models.abstract import abstract_params
+    from diffjax.models.clip import CLIPTextConfig
+    from diffjax.models.unet import UNetConfig
+    from diffjax.models.vae import VAEConfig
+    from diffjax.weights.components import SD_SCHEDULER, Components, random_params
+    rng = np.random.default_rng(5)
+
+    def params(config, seed):      # every leaf random (norms and biases too)
+        p = random_params(nn.meta.unbox(abstract_params(config)), seed)
+        return jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(
+            np.float32), p)
+    te1 = CLIPTextConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2)
+    te2 = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, hidden_act="gelu", projection_dim=16)
+    unet = UNetConfig(sample_size=8, block_out_channels=(32, 48),
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
+                      attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+                      cross_attention_dim=56, use_linear_projection=True, norm_num_groups=8,
+                      addition_embed_type="text_time", addition_time_embed_dim=8,
+                      projection_class_embeddings_input_dim=16 + 6 * 8)
+    vae = VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                    sample_size=16, scaling_factor=0.13025)
+    return Components("sdxl-tiny", te1, params(te1, 1), unet, params(unet, 2), vae,
+                      params(vae, 3), None,
+                      dict(SD_SCHEDULER, _class_name="EulerDiscreteScheduler",
+                           timestep_spacing="leading", steps_offset=1),
+                      text_config_2=te2, text_params_2=params(te2, 4),
+                      force_zeros_for_empty_prompt=True)
+
+
+# kohya's SDXL scripts name UNet layers as the SGM/LDM UNet (input_blocks/middle_block/...)
+SDXL_KOHYA = {
+    "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q":
+        "down_blocks.1.attentions.0.transformer_blocks.1.attn1.to_q",
+    "lora_unet_output_blocks_1_1_transformer_blocks_0_attn2_to_k":
+        "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k",
+    "lora_unet_middle_block_1_transformer_blocks_0_ff_net_2":
+        "mid_block.attentions.0.transformer_blocks.0.ff.net.2",
+    "lora_unet_input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",   # LoCon 3x3
+    "lora_te1_text_model_encoder_layers_0_mlp_fc1": "te1:text_model.encoder.layers.0.mlp.fc1",
+    "lora_te2_text_model_encoder_layers_1_mlp_fc2": "te2:text_model.encoder.layers.1.mlp.fc2",
+}
+SDXL_PEFT = ["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0",
+             "unet.up_blocks.1.resnets.2.conv2",
+             "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj",
+             "text_encoder.text_model.encoder.layers.1.self_attn.v_proj"]
+
+
+@pytest.mark.parity
+@pytest.mark.slow
+def test_sdxl_two_loras_equal_diffusers(tmp_path):
+    pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (dev extra)")
+    import diffusers
+
+    from diffjax.pipeline import SampleSpec, load_pipeline
+    from diffjax.weights.clip import text_params_to_state_dict
+    from diffjax.weights.diffusers_folder import export_sd_folder, load_sd_folder
+    from diffjax.weights.unet import unet_params_to_state_dict
+    c = _tiny_sdxl()
+    folder = str(tmp_path / "base")
+    export_sd_folder(c, folder)
+    sds = {"unet": unet_params_to_state_dict(c.unet_params, c.unet_config),
+           "te1": text_params_to_state_dict(c.text_params, c.text_config),
+           "te2": text_params_to_state_dict(c.text_params_2, c.text_config_2)}
+    rng = np.random.default_rng(3)
+    kohya, peft = {}, {}
+    for name, target in SDXL_KOHYA.items():
+        net, module = target.split(":") if ":" in target else ("unet", target)
+        w = sds[net][module + ".weight"]
+        down, up = _pair(rng, w.shape, w.shape[1:])
+        kohya.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                      f"{name}.alpha": np.asarray(KOHYA_ALPHA, np.float32)})
+    for key in SDXL_PEFT:
+        net, module = key.split(".", 1)
+        w = sds[{"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}[net]][
+            module + ".weight"]
+        down, up = _pair(rng, w.shape, w.shape[1:])
+        peft.update({f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up})
+    paths = [str(tmp_path / "kohya_xl.safetensors"), str(tmp_path / "peft_xl.safetensors")]
+    save_state_dict(kohya, paths[0])
+    save_state_dict(peft, paths[1])
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(folder)
+    for path, name in zip(paths, ("kohya", "peft")):
+        pipe.load_lora_weights(path, adapter_name=name)
+    pipe.set_adapters(["kohya", "peft"], adapter_weights=list(SCALES))
+    pipe.fuse_lora(adapter_names=["kohya", "peft"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    fused = str(tmp_path / "fused")
+    pipe.save_pretrained(fused, safe_serialization=True)
+    ref = load_sd_folder(fused)
+    spec = SampleSpec(sampler="euler", steps=2, batch_size=8, height=16, width=16)
+    ours = load_pipeline(folder, spec, loras=[f"{p}:{s}" for p, s in zip(paths, SCALES)],
+                         output="latents")
+    placed = jax.device_get(ours.params)
+    for key, field in (("unet", "unet_params"), ("text", "text_params"),
+                       ("text_2", "text_params_2")):
+        for a, b in zip(jax.tree.leaves(placed[key]), jax.tree.leaves(getattr(ref, field))):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.abs(b).max()))
+    prompts, seeds = ["a red square", "a (blue:1.2) circle"], [0, 1]
+    got = ours(prompts, seeds)
+    ours.params = jax.device_put({"text": ref.text_params, "text_2": ref.text_params_2,
+                                  "unet": ref.unet_params, "vae": ref.vae_params},
+                                 ours.param_shardings)
+    want = ours(prompts, seeds)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+    meta = ours.metadata("a red square", "", 0)
+    assert set(meta["lora_hashes"]) == {"kohya_xl", "peft_xl"}
