@@ -103,9 +103,12 @@ def sample_sa_solver(denoise, x, sigmas, key, eta=1.0, s_noise=1.0, predictor_or
         h_n = lambdas[i + 1] - lambdas[i]
         pred = combine(jnp.maximum(p_used, 1), sn, i, lambdas[i], lambdas[i + 1], tau_n, hist)
         x_new = sn / s * jnp.exp(-(tau_n ** 2) * h_n) * x + pred
-        noise_n = (step_noise(key, i, x) * sn * jnp.sqrt(-jnp.expm1(-2 * tau_n ** 2 * h_n))
-                   * s_noise)
-        x_new = x_new + jnp.where((tau_n > 0) & (s_noise > 0), noise_n, 0.0)
+        if eta > 0 and s_noise > 0:
+            noise_n = (step_noise(key, i, x) * sn
+                       * jnp.sqrt(-jnp.expm1(-2 * tau_n ** 2 * h_n)) * s_noise)
+            x_new = x_new + jnp.where(tau_n > 0, noise_n, 0.0)
+        else:
+            noise_n = jnp.zeros_like(x)
         last = s_next == 0
         return (x, jnp.where(last, d, x_new), hist, jnp.where(last, tau_t, tau_n),
                 jnp.where(last, h, h_n), jnp.where(last, noise, noise_n)), None
