@@ -253,6 +253,8 @@ class GMMBenchmark:
 
     def _denoiser(self, guidance: float):
         import jax.numpy as jnp
+
+        from diffjax.diffusion.guidance import report_uncond
         gm = self.gm
 
         def conditional(x, sigma, k):
@@ -264,6 +266,7 @@ class GMMBenchmark:
             du = gm.denoise(x, sigma)
             if guidance == 0.0:
                 return du
+            report_uncond(du)   # CFG++ samplers re-noise along the unconditional x0
             return du + guidance * (conditional(x, sigma, k) - du)
         return denoise
 
