@@ -8,7 +8,8 @@ of transformers' CLIPTextConfig is implemented or refused by name.
   downsample_padding=0, act_fn="mish", mid_block_scale_factor, time_embedding_act_fn,
   timestep_post_act), all set in one tiny network, match diffusers: max abs diff
   <= 1e-4 * max|ref| (float32; tests/test_unet_vae.py's bound); leaving any one out
-  changes diffusers' output by >= 1e-2 * max|ref|, so ignoring one could not pass. The same for the VAE's act_fn and its
+  changes diffusers' output by >= 1e-2 * max|ref|, so ignoring one could not pass. So do
+  time_embedding_dim and the conv_in / conv_out kernel sizes. The same for the VAE's act_fn and its
   structural switches.
 - Refused values raise WeightsError naming the option and the value.
 """
@@ -68,6 +69,10 @@ OPTIONS = {
     "mid_block_scale_factor": 1.414,
     "time_embedding_act_fn": "gelu",
     "timestep_post_act": "mish",
+    # implemented beside them (shapes change, so the converter checks them too)
+    "time_embedding_dim": 40,
+    "conv_in_kernel": 5,
+    "conv_out_kernel": 1,
 }
 
 
