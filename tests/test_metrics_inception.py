@@ -92,12 +92,8 @@ def test_pool3_features_equal_pytorch_fid(reference, tmp_path):
     assert got.shape == (3, 2048)
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < 1e-4, err
-    # pytorch-fid's own module state dict (blocks.I.J.*) converts to the same params, and
-    # so does the .pth pickle (refused by default; tensors-only reader when allowed)
-    torch.save(model.state_dict(), tmp_path / "pt_inception.pth")
-    with pytest.raises(WeightsError, match="pickle"):
-        winc.load_inception(str(tmp_path / "pt_inception.pth"))
-    wrapper = winc.load_inception(str(tmp_path / "pt_inception.pth"), allow_pickle=True)
+    # pytorch-fid's own module state dict (blocks.I.J.*) converts to the same params
+    wrapper = winc.params_from_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
                                                     jax.tree.leaves(wrapper)))
 
@@ -118,6 +114,23 @@ def test_resizes_equal_their_references():
     im = rng.integers(0, 256, (1, 100, 70, 3), dtype=np.uint8)
     ref = make_resizer("PIL", False, "bicubic", (299, 299))(im[0])
     np.testing.assert_allclose(resize_clean(im, 299)[0] * 255, ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parity
+def test_pth_pickle_read_only_when_allowed(tmp_path):
+    """A torch.save'd .pth (pytorch-fid's format) is refused by default and read by the
+    restricted tensors-only unpickler when allowed (narrow network: a small file)."""
+    config = InceptionConfig(channel_divisor=16)
+    params = winc.random_inception_params(config, seed=1)
+    sd = {k: torch.from_numpy(v) for k, v in winc.params_to_torch_state_dict(
+        params, config).items()}
+    sd["fc.weight"] = torch.zeros(1008, 128)                 # ignored, as pool3 never reads it
+    torch.save(sd, tmp_path / "pt_inception.pth")
+    with pytest.raises(WeightsError, match="pickle"):
+        winc.load_inception(str(tmp_path / "pt_inception.pth"), config)
+    again = winc.load_inception(str(tmp_path / "pt_inception.pth"), config, allow_pickle=True)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                    jax.tree.leaves(again)))
 
 
 def test_converter_names_bad_keys():

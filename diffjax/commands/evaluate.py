@@ -194,8 +194,11 @@ def _extractors(args):
             pooled, embeds = vision(c.preprocess(ims), lambda k: None)
             r = {"features": pooled}
             if caps is not None:
+                import jax
                 e = embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
-                r["cos"] = 100.0 * np.sum(e * c.text_embeds(caps, args.batch), -1)
+                with jax.default_matmul_precision("highest"):   # as the image tower
+                    t = c.text_embeds(caps, args.batch)
+                r["cos"] = 100.0 * np.sum(e * t, -1)
             prog(len(ims))
             return r
         out["clip"] = clip

@@ -5,7 +5,9 @@ replicated (feature extractors are < 1 GB) and the image axis is split over all 
 a 1-D mesh. Each image's features depend only on that image, so the features are the same
 on 1 and on 8 devices (up to float reassociation inside a convolution; tested). The batch is
 rounded up to a multiple of the device count and the tail padded by repeating the last
-image, so one shape is compiled per input size.
+image, so one shape is compiled per input size. The map runs under
+`jax.default_matmul_precision("highest")`: convolutions and matmuls in full float32 on
+every backend (TPU's default bf16 passes would move a FID in its second digit).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class ShardedMap:
             real = len(chunk)
             if real < self.batch:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - real, 0)])
-            out = self._fn(self.params, jax.device_put(chunk, self._rows))
+            with jax.default_matmul_precision("highest"):
+                out = self._fn(self.params, jax.device_put(chunk, self._rows))
             outs.append(jax.tree.map(lambda a: np.asarray(a)[:real], out))
             if progress is not None:
                 progress(real)
