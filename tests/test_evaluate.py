@@ -118,3 +118,17 @@ def test_read_captions_formats(tmp_path):
     jl = tmp_path / "c.jsonl"
     jl.write_text('{"caption": "x", "seed": 3}\n\n{"prompt": "y"}\n')
     assert evaluate.read_captions(str(jl)) == [("x", 3), ("y", None)]
+
+
+def test_reference_images_from_a_tfds_dataset_folder(tmp_path):
+    """--ref-images tfds:DIR:test reads a built dataset's images: the renders shapes:test
+    names (the features and metrics downstream are the same code as above)."""
+    import numpy as np
+
+    from diffjax.data.builders import build_shapes
+    dataset = build_shapes(str(tmp_path / "data"), 32, {"train": 2, "test": 5, "holdout": 2})
+    got = evaluate._reference_images(f"tfds:{dataset}:test", 0)
+    want = evaluate._reference_images("shapes:test", 5)
+    assert len(got) == 5 and all(np.array_equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(evaluate.EvaluateError, match="tfds:DATASET:SPLIT"):
+        evaluate._reference_images("tfds:nosplit", 0)

@@ -59,8 +59,10 @@ def add_arguments(parser) -> None:
                              "config JSON (e.g. its ViT-H-14.json)")
     parser.add_argument("--ref-stats", help="pytorch-fid .npz (mu, sigma) of the reference "
                                             "set, for fid")
-    parser.add_argument("--ref-images", help="reference images: a folder or shapes:<split> "
-                                             "(every extractor; kid and precision/recall)")
+    parser.add_argument("--ref-images", help="reference images: a folder, shapes:<split> or "
+                                             "tfds:DATASET:SPLIT (a built dataset folder or "
+                                             "a prepared tfds name); every extractor; kid "
+                                             "and precision/recall")
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=64, help="feature extraction batch")
@@ -248,9 +250,21 @@ def _generate(args, out, captions) -> list[str]:
 
 
 def _reference_images(spec: str, n: int):
+    """A folder, shapes:<split> (n renders) or tfds:<dataset dir or name>:<split> (every
+    example's "image")."""
     from diffjax.studies.compare_samplers import real_images
+    if spec.startswith("tfds:"):
+        import numpy as np
+
+        from diffjax.data.builders import open_source
+        dataset, _, split = spec[len("tfds:"):].rpartition(":")
+        if not dataset or not split:
+            raise EvaluateError(f"--ref-images {spec!r}: expected tfds:DATASET:SPLIT")
+        source = open_source(dataset, split)
+        return [np.asarray(source[i]["image"]) for i in range(len(source))]
     if not spec.startswith("shapes:") and not os.path.isdir(spec):
-        raise EvaluateError(f"--ref-images {spec!r}: not a folder nor shapes:<split>")
+        raise EvaluateError(f"--ref-images {spec!r}: not a folder, shapes:<split> nor "
+                            "tfds:DATASET:SPLIT")
     return list(real_images(spec, n))
 
 
@@ -259,11 +273,12 @@ def run(args) -> int:
     from diffjax.metrics.fid_stats import StatsFileError
     from diffjax.metrics.frechet import gaussian_stats
     from diffjax.prompts import PromptFileError
+    from diffjax.data.builders import DatasetError
     from diffjax.weights.io import WeightsError
     try:
         return _run(args, E, gaussian_stats)
     except (EvaluateError, E.GateError, StatsFileError, PromptFileError, WeightsError,
-            FileNotFoundError) as e:
+            DatasetError, FileNotFoundError) as e:
         print(f"diffjax evaluate: {e}", file=sys.stderr)
         return 2
 
