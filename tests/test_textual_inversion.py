@@ -128,3 +128,38 @@ def test_collisions_and_formats(files, tmp_path):
         "x <t> <t>_1 <t>_2, y <t> <t>_1 <t>_2"
     assert ti.multi_vector_tokens({"a": 1, "a_1": 2, "b": 3}) == {"a": 2}
     assert os.path.isdir(c.tokenizer_dir)
+
+
+def test_sdxl_embedding_goes_to_both_towers(tmp_path):
+    """SDXL files (clip_l / clip_g): each tower's tokenizer gains the tokens at the same ids
+    and each embedding table the file's rows; the second tokenizer keeps padding with "!"."""
+    import jax
+
+    from diffjax.models.clip import CLIPTextConfig
+    from diffjax.text import load_tokenizer
+    from diffjax.weights.components import random_params
+
+    def tower(width, **kw):
+        import flax.linen as nn
+
+        from diffjax.models.abstract import abstract_params
+        cfg = CLIPTextConfig(hidden_size=width, intermediate_size=2 * width,
+                             num_hidden_layers=1, num_attention_heads=2, **kw)
+        return cfg, random_params(nn.meta.unbox(abstract_params(cfg)), width)
+    (c1, p1), (c2, p2) = tower(24), tower(32, hidden_act="gelu", projection_dim=16)
+    c = types.SimpleNamespace(text_config=c1, text_params=p1, tokenizer_dir=None,
+                              text_config_2=c2, text_params_2=p2, tokenizer_2_dir=None)
+    rng = np.random.default_rng(2)
+    l, g = rng.standard_normal((2, 24)), rng.standard_normal((2, 32))
+    path = str(tmp_path / "xl_style.safetensors")
+    save_state_dict({"clip_l": l.astype(np.float32), "clip_g": g.astype(np.float32)}, path)
+    assert ti.add_embedding(c, path) == ("xl_style", 2)
+    for folder, params, rows, pad in ((c.tokenizer_dir, c.text_params, l, 49407),
+                                      (c.tokenizer_2_dir, c.text_params_2, g, 0)):
+        tok = load_tokenizer(folder)
+        assert tok.pad_id == pad
+        assert list(tok.pieces(["xl_style"])[0]) == [49408, 49409]     # expanded
+        np.testing.assert_array_equal(params["token_embedding"]["embedding"][49408:],
+                                      rows.astype(np.float32))
+    assert c.text_config.vocab_size == c.text_config_2.vocab_size == 49410
+    del jax

@@ -140,7 +140,10 @@ def _flatten_state_dict(obj, path: str) -> dict[str, np.ndarray]:
 def load_pickle_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """A torch zip-format pickle's state dict as numpy arrays, with no torch and no code
     run; refused (PickleRefused, saying why and how to convert) unless `allow_pickle`."""
-    return _flatten_state_dict(load_pickle(path, allow_pickle), os.fspath(path))
+    from diffjax.weights.io import check_finite
+    sd = _flatten_state_dict(load_pickle(path, allow_pickle), os.fspath(path))
+    check_finite({k: v for k, v in sd.items() if v.dtype.kind == "f"}, os.fspath(path))
+    return sd
 
 
 def load_pickle(path: str, allow_pickle: bool = False):
