@@ -289,6 +289,7 @@ def _run(args, E, gaussian_stats) -> int:
 
     from diffjax.metrics import fid_stats, precision_recall
     from diffjax.metrics.clip_features import aggregate_clip_score
+    from diffjax.metrics.fid_stats import StatsFileError
     gates = [E.parse_gate(g) for g in args.gate]
     if args.chunk < 1 or args.batch < 1:
         raise EvaluateError("--chunk and --batch must be >= 1")
@@ -355,6 +356,12 @@ def _run(args, E, gaussian_stats) -> int:
     for name in names:
         reference = ref_stats if (name == "inception" and ref_stats is not None) \
             else refs.get(name)
+        if reference is ref_stats and reference is not None:
+            d = feats[name]["features"].shape[1]
+            if ref_stats[0].shape[0] != d:
+                raise StatsFileError(f"--ref-stats {args.ref_stats}: statistics of "
+                                     f"{ref_stats[0].shape[0]}-d features, but the Inception "
+                                     f"gives {d}-d (another network?)")
         if reference is not None:
             results[E.FD_NAMES[name]] = E.frechet_of(feats[name]["features"], reference)
     if "inception" in refs:
