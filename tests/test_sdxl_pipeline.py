@@ -99,6 +99,7 @@ def _nchw(x):
 
 def _close(ours, ref, what, tol=1e-4):
     err = np.abs(ours - ref).max() / np.abs(ref).max()
+    print(f"{what}: max|diff| / max|ref| = {err:.2e}")   # the measured figure (-s shows it)
     assert err <= tol, f"{what}: max|diff| / max|ref| = {err:.2e} > {tol}"
     return err
 
@@ -205,6 +206,19 @@ def test_folder_round_trip_is_bit_exact(folders, tmp_path):
             assert a.read() == b.read()
         again = load(str(ckpt))
         assert again.tokenizer_2_dir and again.requires_aesthetics_score == (name == "refiner")
+
+
+def test_vae_dtype_follows_force_upcast(folders):
+    """diffusers' rule: a VAE with force_upcast decodes in float32 in a bf16 job (SD/SDXL's
+    VAE overflows in half precision); without it, in the job's dtype."""
+    comps = _load(folders["base-a"])
+    spec = SampleSpec(dtype="bfloat16", batch_size=1, mesh_shape=(1, 1, 1), height=80,
+                      width=104)
+    for upcast, dtype in ((True, "float32"), (False, "bfloat16")):
+        c = dataclasses.replace(comps, vae_config=dataclasses.replace(
+            comps.vae_config, force_upcast=upcast))
+        pipe = TextToImage(c, spec, devices=jax.devices()[:1])
+        assert pipe._modules()[2].config.dtype == dtype
 
 
 def test_time_ids_follow_diffusers_defaults():
