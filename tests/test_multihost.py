@@ -5,7 +5,8 @@ localhost, or 1 process x 8 devices):
 - the same job killed with SIGKILL on both processes at three different moments (before
   either wrote a file; in the middle of a batch's writes, after a temporary file was
   written and before its rename; a batch later), each time rerun -- once after the folder
-  was moved with `mv` -- finishes byte-identical to the reference;
+  was moved with `mv` -- finishes byte-identical to the reference; a SIGTERM to one
+  process stops both after the batch in flight (exit status 75), when a batch is left;
 - a copy of the folder as it was after the second kill, restarted as 1 process x 8
   devices, finishes byte-identical without rewriting any file that was finished;
 - a process whose peer never arrives fails within its timeout, naming the coordinator.
@@ -30,19 +31,23 @@ pytestmark = pytest.mark.slow
 
 N_IMAGES = 24
 
-# Runs `diffjax sample` with outputs.atomic_write wrapped: the N-th PNG write (0-based) of
-# this process writes its temporary file and then the process SIGKILLs itself, so the kill
-# lands between the write and the rename.
+# Runs `diffjax sample` with outputs.atomic_write wrapped. argv[1] "N": the N-th PNG write
+# (0-based) of this process writes half its temporary file and then the process SIGKILLs
+# itself, so the kill lands between the write and the rename; "term:N": at the N-th write
+# the process sends itself SIGTERM (and goes on writing: the batch in flight finishes).
 _KILLER = r'''
 import os, signal, sys
 from diffjax import cli, outputs
-kill_at = int(sys.argv[1])
+term = sys.argv[1].startswith("term:")
+kill_at = int(sys.argv[1].split(":")[-1])
 count = [0]
 real = outputs.atomic_write
 def atomic_write(path, data):
     name = os.fspath(path)
     if name.endswith(".png"):
-        if count[0] == kill_at:
+        if count[0] == kill_at and term:
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif count[0] == kill_at:
             d, b = os.path.split(name)
             with open(os.path.join(d, f".{b}.tmp-{os.getpid()}"), "wb") as f:
                 f.write(data[: len(data) // 2])
@@ -86,7 +91,7 @@ def job(tmp_path_factory):
                      f"--config.distributed.num_processes={processes}",
                      f"--config.distributed.process_id={pid}",
                      f"--config.distributed.timeout_s={timeout_s}"] if processes > 1 else [])
-            at = (kill_at or {}).get(pid, -1)
+            at = str((kill_at or {}).get(pid, -1))
             cmd = [sys.executable, str(killer), str(at), *args, "--out", str(out), *dist]
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
@@ -132,7 +137,13 @@ def test_killed_three_times_resumes_identically(job, reference):
     # 3: process 0 dies at its second write (it has a batch left at least)
     codes, _ = finish(launch(moved, kill_at={0: 1}))
     assert -signal.SIGKILL in codes
-    assert len(_pngs(moved)) < N_IMAGES
+    n_left = N_IMAGES - len(_pngs(moved))
+    assert n_left > 0
+    if n_left > 8:   # SIGTERM to process 1 only: both stop after the batch in flight
+        codes, errs = finish(launch(moved, kill_at={1: "term:0"}))
+        assert codes == [75, 75], [e[-2000:] for e in errs]
+        assert "rerun the same command" in errs[0].lower()
+        assert len(_pngs(moved)) == N_IMAGES - n_left + 8
     codes, errs = finish(launch(moved))
     assert codes == [0, 0], [e[-2000:] for e in errs]
     assert _pngs(moved) == reference

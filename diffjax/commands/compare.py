@@ -41,7 +41,10 @@ def run(args) -> int:
         check_output_dir(config.out)
         compare_samplers.run_study(config, config.out, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"diffjax compare: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        from diffjax.cli import one_line
+        print(f"diffjax compare: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {os.path.join(config.out, 'table.md')}")
     return 0
