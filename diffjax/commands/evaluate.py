@@ -284,7 +284,6 @@ def run(args) -> int:
 
 
 def _run(args, E, gaussian_stats) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     from diffjax.metrics import fid_stats, precision_recall

@@ -74,7 +74,8 @@ class Dinov2Layer(nn.Module):
     def __call__(self, x):
         c = self.config
         dt = jnp.dtype(c.dtype)
-        dense = lambda n, name, bias=True: nn.Dense(n, use_bias=bias, dtype=dt, name=name)  # noqa: E731
+        def dense(n, name, bias=True):
+            return nn.Dense(n, use_bias=bias, dtype=dt, name=name)
         b, n, d = x.shape
         hd = d // c.num_attention_heads
         h = layer_norm(c.layer_norm_eps, "norm1")(x).astype(dt)
