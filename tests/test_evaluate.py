@@ -2,9 +2,10 @@
 Euler step without guidance, so generation is cheap), scored with the mini CLIP
 (clip_score, fd_clip) against `shapes:test` renders:
 
-- a run killed with SIGKILL mid-job, then rerun with the same arguments, finishes with the
-  results.json that a from-scratch evaluation of the same images gives (features cached in
-  chunks of 100: some chunks are read back, the rest computed);
+- a run killed with SIGKILL while generating, then rerun with the same arguments, finishes
+  with the results.json that a from-scratch evaluation of the same images gives; the feature
+  cache's own resume (chunks on disk read back, only the missing ones computed, a stale
+  temporary ignored) is checked directly, without a model;
 - a gate outside the measured range exits 1, one inside exits 0, a gate on a metric the
   run does not compute exits 2 before any work;
 - bad inputs are one-line errors, exit 2.
@@ -132,3 +133,22 @@ def test_reference_images_from_a_tfds_dataset_folder(tmp_path):
     assert len(got) == 5 and all(np.array_equal(a, b) for a, b in zip(got, want))
     with pytest.raises(evaluate.EvaluateError, match="tfds:DATASET:SPLIT"):
         evaluate._reference_images("tfds:nosplit", 0)
+
+
+def test_feature_cache_computes_only_missing_chunks(tmp_path):
+    import numpy as np
+
+    from diffjax.metrics.evaluation import FeatureCache
+    calls = []
+
+    def extract(lo, hi):
+        calls.append((lo, hi))
+        return {"features": np.arange(lo, hi, dtype=np.float64)[:, None] * [1.0, 2.0]}
+    full = FeatureCache(str(tmp_path / "a"), chunk=4).get(10, extract)["features"]
+    assert calls == [(0, 4), (4, 8), (8, 10)]
+    os.remove(next(p for p in (tmp_path / "a").iterdir() if p.name.startswith("00001-")))
+    (tmp_path / "a" / "00002-8-10.npz.tmp-1.npz").write_bytes(b"half a file")   # a kill's
+    calls.clear()
+    again = FeatureCache(str(tmp_path / "a"), chunk=4).get(10, extract)["features"]
+    assert calls == [(4, 8)] and np.array_equal(again, full)
+    assert not any(".tmp-" in p.name for p in (tmp_path / "a").iterdir())

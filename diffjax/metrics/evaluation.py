@@ -79,6 +79,9 @@ class FeatureCache:
         """extract(lo, hi) -> {name: array [hi - lo, ...]} for images lo..hi-1; only the
         chunks without a file are computed (`extract` reports its own progress; `progress(k)`
         counts the chunks read back)."""
+        for name in os.listdir(self.directory):      # left by a job killed mid-write
+            if ".tmp-" in name:
+                os.remove(os.path.join(self.directory, name))
         parts = []
         for k, lo in enumerate(range(0, n, self.chunk)):
             hi = min(lo + self.chunk, n)
