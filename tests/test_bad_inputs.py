@@ -123,6 +123,7 @@ CASES = {
     "model_random_bytes": (s("--model", "{ws}/m_random"), ["nan or inf"]),
     "model_nan": (s("--model", "{ws}/m_nan"), ["nan or inf"]),
     "model_wrong_shape": (s("--model", "{ws}/m_shape"), ["does not match", "mis-shaped"]),
+    "checkpoint_nan": (s("--model", "{ws}/ckpt_nan"), ["unet_params", "nan or inf"]),
     "model_no_config": (s("--model", "{ws}/m_noconfig"), ["unet", "no config.json"]),
     # -- train ------------------------------------------------------------------------------
     "train_no_dataset": (["train", "--config", "diffjax.configs.train.unet", "--workdir",
@@ -215,6 +216,16 @@ def _model_variants(ws):
     save_file(sd, str(p))
     (variant("m_noconfig") / "unet/config.json").unlink()
     (ws / "empty_model").mkdir()
+    import jax
+
+    from diffjax.weights.checkpoint import save_checkpoint
+    from diffjax.weights.components import preset_components
+    comps = preset_components("tiny", 0)                    # a diffjax checkpoint with a NaN
+    leaves, tree = jax.tree.flatten(comps.unet_params)
+    leaves[0] = np.asarray(leaves[0]).copy()
+    leaves[0].flat[0] = np.nan
+    comps.unet_params = jax.tree.unflatten(tree, leaves)
+    save_checkpoint(comps, str(ws / "ckpt_nan"))
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,25 @@ def check_finite(state: Mapping[str, np.ndarray], what: str = "checkpoint") -> N
                            "; the file is corrupted or the weights diverged")
 
 
+def check_params_finite(params, what: str) -> None:
+    """`check_finite` for a restored param tree (jax arrays, possibly sharded over
+    processes: each leaf is reduced on its devices, never gathered to the host)."""
+    import jax
+    import jax.numpy as jnp
+
+    def finite(leaf) -> bool:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return True
+        if getattr(leaf, "is_fully_addressable", True):       # on this host: numpy
+            return bool(np.isfinite(np.asarray(leaf, np.float32)).all())
+        return bool(jnp.isfinite(leaf).all())                   # reduced where it lives
+    bad = [jax.tree_util.keystr(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(params)[0] if not finite(leaf)]
+    if bad:
+        raise WeightsError(f"{what}: {len(bad)} tensor(s) hold NaN or inf: {_fmt_items(bad, 5)}"
+                           "; the checkpoint is corrupted or the weights diverged")
+
+
 def _torch_to_numpy(t):
     import torch
     if t.dtype == torch.bfloat16:

@@ -31,7 +31,12 @@ def load(source: str, dtype: str = "float32", attention: str = "auto",
     if source in PRESET_MODELS and not os.path.exists(source):
         return preset_components(source, seed, dtype, attention)
     if is_checkpoint(source):
-        return load_checkpoint(source, dtype, attention)
+        from diffjax.weights.io import check_params_finite
+        comps = load_checkpoint(source, dtype, attention)
+        for name in ("text_params", "text_params_2", "unet_params", "vae_params"):
+            if getattr(comps, name, None) is not None:
+                check_params_finite(getattr(comps, name), f"{source} ({name})")
+        return comps
     from diffjax.weights.single_file import is_single_file, load_single_file
     if is_single_file(source):
         return load_single_file(source, dtype, attention, prediction_type, allow_pickle)
