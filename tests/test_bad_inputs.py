@@ -168,6 +168,7 @@ CASES = {
     "compare_out_file": (["compare", "--out", "{ws}/prompts.txt"], ["is a file"]),
     "info_mesh": (["info", "--config", "diffjax.configs.sample",
                    "--config.mesh.shape=(3,1,1)"], ["mesh shape", "devices"]),
+    "evaluate_nothing_to_do": (["evaluate", "--out", "{ws}/eval"], ["give --prompts"]),
     "unknown_command": (["smaple"], ["invalid choice"]),
     "no_overrides_here": (["samplers", "--config.x=1"], ["takes no --config overrides"]),
 }
