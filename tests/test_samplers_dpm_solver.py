@@ -4,12 +4,13 @@ noise, 2M/3M against diffusers, the 2M SDE against diffusers' sde-dpmsolver++, N
 k-diffusion references are re-implemented below from k-diffusion's `sampling.py`
 (sample_dpmpp_2s_ancestral, sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde) as
 plain per-step Python/numpy loops in float64, calling the same denoiser eagerly. The noise
-is injected: every reference draws OUR per-step noise `step_noise(key, i, x)`. For
-dpmpp_sde, k-diffusion's Brownian-tree noise (BrownianTreeNoiseSampler) is replaced by
-independent normals from fold_in(fold_in(key, 0 or 1), i) for the two stages: that is the
-documented difference of our sampler (same marginals per stage; not the same Brownian path
-across step counts). Both sides run under jax x64 in float64, so the tolerance is 1e-10
-relative (rounding only; measured <= 1e-14).
+is injected: every reference draws OUR noise, `step_noise(key, i, x)` (noise="gaussian";
+dpmpp_sde: fold_in(fold_in(key, 0 or 1), i) for its two stages) or, for the SDE samplers'
+default noise="brownian", k-diffusion's own call `noise_sampler(sigma, sigma_next)` answered
+by our Brownian path (diffusion/brownian.py) queried eagerly at the same sigmas. Whether
+that noise is right in distribution is tests/test_sampler_distribution.py's business. Both
+sides run under jax x64 in float64, so the tolerance is 1e-10 relative (rounding only;
+measured <= 1e-14).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ except ModuleNotFoundError:
 
 import sampler_refs as R
 from diffjax.diffusion import samplers, schedules
+from diffjax.diffusion.brownian import BrownianNoise
 from diffjax.diffusion.gaussian_mixture import make_gaussian_mixture
 from diffjax.diffusion.samplers import dpm_solver as DP
 from diffjax.diffusion.samplers.base import step_noise
@@ -44,6 +46,16 @@ def _ancestral(s, sn, eta):
 
 def _noise(key, i, x):
     return np.asarray(step_noise(key, i, jnp.asarray(x)))
+
+
+@jax.jit
+def _brownian_jit(key, x, s, sn):
+    return BrownianNoise(key, x)(s, sn)
+
+
+def _brownian(key, x, s, sn):
+    """k-diffusion's noise_sampler(s, sn), answered by our Brownian path."""
+    return np.asarray(_brownian_jit(key, jnp.asarray(x), jnp.asarray(s), jnp.asarray(sn)))
 
 
 def ref_2s_ancestral(den, x, sigmas, key, eta=1.0, s_noise=1.0):
@@ -65,7 +77,7 @@ def ref_2s_ancestral(den, x, sigmas, key, eta=1.0, s_noise=1.0):
     return x
 
 
-def ref_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, r=0.5):
+def ref_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, r=0.5, noise="brownian"):
     key_a, key_b = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     for i in range(len(sigmas) - 1):
         s, sn = sigmas[i], sigmas[i + 1]
@@ -79,16 +91,19 @@ def ref_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, r=0.5):
         fac = 1 / (2 * r)
         sd, su = _ancestral(s, s_r, eta)
         x2 = (sd / s) * x - np.expm1(t + np.log(sd)) * d
-        x2 = x2 + _noise(key_a, i, x) * s_noise * su
+        x2 = x2 + (_noise(key_a, i, x) if noise == "gaussian" else
+                   _brownian(key, x, s, s_r)) * s_noise * su
         d2 = den(x2, s_r)
         sd, su = _ancestral(s, sn, eta)
         dd = (1 - fac) * d + fac * d2
         x_new = (sd / s) * x - np.expm1(t + np.log(sd)) * dd
-        x = x_new + _noise(key_b, i, x) * s_noise * su
+        x = x_new + (_noise(key_b, i, x) if noise == "gaussian" else
+                     _brownian(key, x, s, sn)) * s_noise * su
     return x
 
 
-def ref_2m_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, solver_type="midpoint"):
+def ref_2m_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, solver_type="midpoint",
+               noise="brownian"):
     old, h_last, h = None, None, None
     for i in range(len(sigmas) - 1):
         s, sn = sigmas[i], sigmas[i + 1]
@@ -106,14 +121,14 @@ def ref_2m_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, solver_type="midpoint"
                 else:
                     x_new = x_new + 0.5 * -np.expm1(-h - eta_h) / r * (d - old)
             if eta:
-                x_new = x_new + (_noise(key, i, x) * sn * np.sqrt(-np.expm1(-2 * eta_h))
-                                 * s_noise)
+                z = _noise(key, i, x) if noise == "gaussian" else _brownian(key, x, s, sn)
+                x_new = x_new + z * sn * np.sqrt(-np.expm1(-2 * eta_h)) * s_noise
             x = x_new
         old, h_last = d, h
     return x
 
 
-def ref_3m_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0):
+def ref_3m_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0, noise="brownian"):
     d_1 = d_2 = None
     h = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
@@ -135,8 +150,8 @@ def ref_3m_sde(den, x, sigmas, key, eta=1.0, s_noise=1.0):
             elif h_1 is not None:
                 x_new = x_new + phi_2 * (d - d_1) / (h_1 / h)
             if eta:
-                x_new = x_new + (_noise(key, i, x) * sn * np.sqrt(-np.expm1(-2 * h * eta))
-                                 * s_noise)
+                z = _noise(key, i, x) if noise == "gaussian" else _brownian(key, x, s, sn)
+                x_new = x_new + z * sn * np.sqrt(-np.expm1(-2 * h * eta)) * s_noise
             x = x_new
         d_1, d_2 = d, d_1
         h_1, h_2 = h, h_1
@@ -147,12 +162,12 @@ CASES = [
     ("dpmpp_2s_ancestral", ref_2s_ancestral, {}),
     ("dpmpp_2s_ancestral", ref_2s_ancestral, dict(eta=0.6, s_noise=0.9)),
     ("dpmpp_sde", ref_sde, {}),
-    ("dpmpp_sde", ref_sde, dict(eta=0.5, r=0.4)),
+    ("dpmpp_sde", ref_sde, dict(eta=0.5, r=0.4, noise="gaussian")),
     ("dpmpp_2m_sde", ref_2m_sde, {}),
-    ("dpmpp_2m_sde", ref_2m_sde, dict(solver_type="heun", eta=0.7)),
+    ("dpmpp_2m_sde", ref_2m_sde, dict(solver_type="heun", eta=0.7, noise="gaussian")),
     ("dpmpp_2m_sde", ref_2m_sde, dict(eta=0.0)),
     ("dpmpp_3m_sde", ref_3m_sde, {}),
-    ("dpmpp_3m_sde", ref_3m_sde, dict(eta=0.5, s_noise=1.1)),
+    ("dpmpp_3m_sde", ref_3m_sde, dict(eta=0.5, s_noise=1.1, noise="gaussian")),
 ]
 
 
@@ -202,7 +217,8 @@ def test_multistep_matches_diffusers(order, name):
 def test_2m_sde_matches_diffusers_with_injected_noise(solver_type):
     """diffusers' sde-dpmsolver++ 2M is k-diffusion's 2M SDE at eta = 1; its noise term
     sigma_vp,t * z becomes sigma_t * z in VE form, so our step noise is injected as is
-    (through `variance_noise`). 12 steps, final sigma 0, float32 vs float64: 1e-5."""
+    (through `variance_noise`; diffusers draws independent normals per step, our
+    noise="gaussian"). 12 steps, final sigma 0, float32 vs float64: 1e-5."""
     sched = diffusers.DPMSolverMultistepScheduler(**R.SD_CONFIG, solver_order=2,
                                                   algorithm_type="sde-dpmsolver++",
                                                   solver_type=solver_type)
@@ -215,7 +231,8 @@ def test_2m_sde_matches_diffusers_with_injected_noise(solver_type):
                                     np.float64))
         x = sched.step(LIN.torch(x, t.double()), t, x, variance_noise=z).prev_sample
     got = jax.jit(lambda x, s: DP.sample_dpmpp_2m_sde(LIN.denoiser(), x, s, key,
-                                                      solver_type=solver_type))(
+                                                      solver_type=solver_type,
+                                                      noise="gaussian"))(
         jnp.asarray(R.vp_to_ve(X_T, sigmas[0]), jnp.float32), jnp.asarray(sigmas, jnp.float32))
     assert R.rel_err(np.asarray(got), x.numpy()) <= 1e-5
 

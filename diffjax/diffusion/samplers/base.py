@@ -8,7 +8,9 @@ Signature of every sampler (k-diffusion style, VE/"Karras" parameterisation):
     x: the initial latent, already scaled by sigmas[0]
 
 The step loop is one `lax.scan` over the N steps; stochastic samplers draw step i's noise
-from `fold_in(key, i)` so a trajectory depends on its own key only.
+from `fold_in(key, i)` so a trajectory depends on its own key only, or, for the DPM++ SDE
+samplers by default (`noise="brownian"`), from the seed's Brownian path queried at the
+step's sigmas (diffusion/brownian.py), so that grids of the same seed share one path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from diffjax.diffusion.brownian import BrownianNoise, increment_noise
 from diffjax.spec import ConfigError
 
 # Every sampler's leading parameters; whatever follows them is an option.
@@ -87,6 +90,37 @@ def check_option_value(sampler: str, name: str, value, default) -> None:
 def step_noise(key, step, like):
     """Standard normal noise for step `step`, derived only from (key, step)."""
     return jax.random.normal(jax.random.fold_in(key, step), like.shape, like.dtype)
+
+
+NOISES = ("brownian", "gaussian")
+
+
+class _StepNoise:
+    """Per-step noise of an SDE sampler, threaded through its scan: `draw(i, sigma,
+    sigma_next, w) -> (z, w)` with `start` the initial carry `w`.
+
+    "gaussian": z = step_noise(key, i, like) (w unused). "brownian": z is the normalised
+    increment of the seed's Brownian path (diffusion/brownian.py) over [sigma_next, sigma];
+    w carries W(sigma) so each step queries the path once."""
+
+    def __init__(self, kind, key, like, sigmas, active):
+        self.kind, self.key = kind, key
+        self.tree = BrownianNoise(key, like) if kind == "brownian" and active else None
+        self.start = (self.tree.value(sigmas[0]) if self.tree is not None
+                      else jnp.zeros_like(like))
+
+    def __call__(self, i, sigma, sigma_next, w):
+        if self.tree is None:
+            return step_noise(self.key, i, w), w
+        w_next = self.tree.value(sigma_next)
+        return increment_noise(w, w_next, sigma, sigma_next), w_next
+
+
+def step_noise_source(kind, key, like, sigmas, active=True) -> _StepNoise:
+    """The noise of a sampler's `noise` option ("brownian" | "gaussian"), checked."""
+    if kind not in NOISES:
+        raise SamplerOptionError(f"noise must be one of {NOISES}, got {kind!r}")
+    return _StepNoise(kind, key, like, sigmas, active)
 
 
 def to_d(x, sigma, denoised):
