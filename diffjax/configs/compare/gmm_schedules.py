@@ -6,8 +6,9 @@ to the true mixture.
     nice diffjax compare --config diffjax.configs.compare.gmm_schedules --out runs/gmm_sched
 
 The committed study is experiments/results/gmm_schedules/ (README: which schedule and
-sampler win where). NFE = steps for every sampler here. Small on purpose (140 cells: each
-cell compiles its own program, minutes of CPU); add samplers/schedules with
+sampler win where). NFE = steps for every sampler here but dpmpp_2s (2N - 1); dpm_fast
+uses only the grid's ends. Small on purpose (252 cells: each cell compiles its own
+program, ~20 minutes of a shared 2-core CPU); add samplers/schedules with
 --config.samplers=... / --config.schedules=....
 """
 
@@ -24,7 +25,8 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(kind="gmm", path="", seed=0, dim=a.dim,
                                              n_components=8, spread=1.0, std=0.3))
     c.prompts = ""
-    c.samplers = ("euler", "dpmpp_2m", "unipc", "res_multistep", "euler_ancestral")
+    c.samplers = ("euler", "dpmpp_2m", "unipc", "res_multistep", "euler_ancestral",
+                  "dpmpp_2s", "dpm_fast", "sa_solver", "er_sde")
     c.sampler_options = ml_collections.ConfigDict()
     c.steps = (5, 10, 20, 50)
     c.guidance_scales = (0.0,)
