@@ -626,3 +626,14 @@ def test_sa_solver_matches_comfyui_with_the_same_noise():
         got = _run(sa_solver.sample_sa_solver, GM.denoise, grid, key,
                    predictor_order=orders[0], corrector_order=orders[1])
         assert R.rel_err(got, want) <= RTOL, (orders, R.rel_err(got, want))
+
+
+def test_compare_refuses_the_adaptive_sampler_by_name():
+    """A study grid is indexed by step counts; dpm_adaptive has none (NFE None): a named
+    CompareError (a ConfigError: exit 2) before anything compiles."""
+    from diffjax.config import load_config
+    from diffjax.studies.compare_samplers import CompareError, make_plan
+    config = load_config("diffjax.configs.compare.gmm_schedules",
+                         ["samplers=euler,dpm_adaptive", "steps=5"])
+    with pytest.raises(CompareError, match="'dpm_adaptive' chooses its own steps"):
+        make_plan(config)

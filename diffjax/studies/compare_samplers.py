@@ -118,6 +118,9 @@ def make_plan(config) -> Plan:
         if name not in SAMPLERS:
             raise CompareError(f"samplers: unknown sampler {name!r}; valid: "
                                f"{', '.join(sorted(SAMPLERS))}")
+        if SAMPLERS[name].nfe(1) is None:
+            raise CompareError(f"samplers: {name!r} chooses its own steps (adaptive: no NFE "
+                               "per step count), so it has no place in a steps grid")
     for name, options in spec.sampler_options.items():
         check_options(name, options)
     for m in metrics:
