@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("diffjax.commands.convert", "diffusers folder <-> diffjax checkpoint"),
     "bench": ("diffjax.commands.bench", "throughput, compile time and FLOP utilisation"),
     "samplers": ("diffjax.commands.samplers", "list every sampler: NFE, order, reference"),
+    "plan": ("diffjax.commands.plan", "size a job for TPU slices: compile, memory, estimates"),
     "info": ("diffjax.commands.info", "versions, backend, devices and the mesh a config builds"),
     "evaluate": ("diffjax.commands.evaluate", "FID, KID, FD-DINOv2, CLIP score of a caption set; gates"),
 }

@@ -1,0 +1,87 @@
+"""`diffjax plan`: compile candidates for a TPU slice, size them against HBM, estimate.
+
+The fast tests plan the tiny preset (and one candidate that cannot fit: a 2048^2 image,
+whose 256^2-latent self-attention needs terabytes); the slow one is the must-show on the
+SD1.5 preset and v5e:2x2: a table, a recommendation under 16 GB per chip, and a batch it
+marks as not fitting that the TPU compiler really refuses or that exceeds HBM.
+Skipped only where libtpu is not installed (CI installs the `tpu` extra).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffjax import tpu
+
+pytestmark = pytest.mark.skipif(not tpu.libtpu_available(),
+                                reason="libtpu not installed: pip install -e '.[tpu]'")
+
+GiB = 1 << 30
+
+
+def _plan(tmp_path, *args):
+    out = tmp_path / "plan"
+    proc = subprocess.run([sys.executable, "-m", "diffjax.cli", "plan", *args, "--out",
+                           str(out)], capture_output=True, text=True, timeout=3000,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "plan.json").read_text()), proc.stdout, proc.stderr
+
+
+def test_plan_tiny_table_recommendation_and_a_misfit(tmp_path):
+    result, stdout, stderr = _plan(
+        tmp_path, "--config", "diffjax.configs.sample:model=tiny,steps=4,size=2048",
+        "--config.dtype=bfloat16", "--topology", "v5e:2x2", "--batch-sizes", "4")
+    (row,) = result["rows"]
+    assert row["status"] in ("does not compile", "exceeds HBM"), row
+    if row["status"] == "exceeds HBM":
+        assert row["memory_bytes"] > 16 * GiB
+    assert result["recommended"] == {"v5e:2x2": None}
+    assert "[v5e:2x2 mesh 4x1x1 batch 4] compiling" in stderr       # progress as it goes
+
+    result, stdout, _ = _plan(
+        tmp_path, "--config", "diffjax.configs.sample:model=tiny,steps=4",
+        "--config.dtype=bfloat16", "--topology", "v5e:2x2", "--batch-sizes", "4,8",
+        "--mesh", "data", "--mesh", "1,2,2")
+    rows = result["rows"]
+    assert [(tuple(r["mesh"]), r["batch_size"]) for r in rows] == [
+        ((4, 1, 1), 4), ((4, 1, 1), 8), ((1, 2, 2), 4), ((1, 2, 2), 8)]
+    for r in rows:
+        assert r["status"] == "fits" and 0 < r["memory_bytes"] < 16 * GiB
+        assert r["estimate_seconds"] > 0 and r["flops"] > 0 and r["network_flops"] > 0
+        # 4 steps of dpmpp_2m = 4 network calls; the program holds one, 3 more added
+        assert r["flops"] > 3 * r["network_flops"]
+        assert 0 < r["flop_utilisation"] <= 1
+    best = rows[result["recommended"]["v5e:2x2"]]
+    assert best["images_per_s_per_chip"] == max(r["images_per_s_per_chip"] for r in rows)
+    assert "compiler estimate" in stdout and "recommended mesh" in stdout
+    assert (tmp_path / "plan" / "plan.md").read_text() == stdout.rstrip("\n") + "\n"
+
+
+def test_plan_bad_topology_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "diffjax.cli", "plan", "--topology",
+                           "v9:2x2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "expected <chip>:<shape>" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_plan_sd15_v5e(tmp_path):
+    """The must-show: SD1.5, bf16, CFG, 2 steps (estimates scale with the steps: the scan's
+    network call is compiled once and counted per step), batches 8 and 64 on v5e:2x2."""
+    result, stdout, _ = _plan(
+        tmp_path, "--config", "diffjax.configs.sample:model=sd15,steps=2,sampler=euler",
+        "--config.dtype=bfloat16", "--topology", "v5e:2x2", "--batch-sizes", "8,64")
+    rows = result["rows"]
+    best = rows[result["recommended"]["v5e:2x2"]]
+    assert best["status"] == "fits" and best["memory_bytes"] < 16 * GiB
+    assert "| v5e:2x2 |" in stdout and "recommended mesh" in stdout
+    misfits = [r for r in rows if r["status"] != "fits"]
+    assert misfits, "batch 64 (32 images per chip, CFG) should not fit 16 GB"
+    for r in misfits:
+        assert r["status"] == "does not compile" or r["memory_bytes"] > r["hbm_bytes"]
+        if r["status"] == "does not compile":
+            assert "memory" in r["error"].lower() or "resource" in r["error"].lower()
