@@ -56,7 +56,7 @@ class SampleSpec:
     clip_skip: int = -1   # -1: the model's own (Components.clip_skip; 0 for public SD)
     batch_size: int = 8
     dtype: typing.Literal["float32", "bfloat16"] = "float32"
-    attention: typing.Literal["auto", "xla", "cudnn", "chunked"] = "auto"
+    attention: typing.Literal["auto", "xla", "cudnn", "chunked", "pallas"] = "auto"
     mesh_shape: tuple[int, ...] = (-1, 1, 1)
     # SDXL (ignored by SD1/SD2 models). prompt_2 / negative_prompt_2: what the second text
     # tower reads ("" = the prompt / negative prompt, as diffusers).

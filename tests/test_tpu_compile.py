@@ -18,8 +18,8 @@ import pytest
 
 from diffjax import tpu
 
-pytestmark = pytest.mark.skipif(not tpu.libtpu_available(),
-                                reason="libtpu not installed: pip install -e '.[tpu]'")
+needs_libtpu = pytest.mark.skipif(not tpu.libtpu_available(),
+                                  reason="libtpu not installed: pip install -e '.[tpu]'")
 
 TOPOLOGIES = ("v5e:2x2", "v5p:2x2x1")
 GiB = 1 << 30
@@ -44,6 +44,7 @@ def _compiled_fits(compiled, topology):
     return mem
 
 
+@needs_libtpu
 def test_topologies_and_chip_table():
     assert [len(tpu.topology_devices(t)) for t in TOPOLOGIES] == [4, 4]
     assert tpu.chip_count(tpu.topology_devices("v4:2x2x1")) == 4    # 8 devices: 2 per chip
@@ -56,25 +57,28 @@ def test_topologies_and_chip_table():
         tpu.topology_devices("v5e:3x7")
 
 
-@pytest.mark.parametrize("topology", TOPOLOGIES)
-def test_tiny_programs_compile(topology):
-    """Text-to-image on a data and a sharded (fsdp x tensor) mesh, img2img, inpainting with
-    RePaint blending and the UNet train step, all for the slice, from abstract params; the
-    pipeline refuses to run without params instead of placing anything."""
+@needs_libtpu
+def test_tiny_programs_compile():
+    """From abstract params, for a slice: text-to-image on a data mesh (v5e) and a sharded
+    fsdp x tensor mesh (v5p), img2img (v5e), inpainting with RePaint blending (v5p) and the
+    UNet train step (both); the pipeline refuses to run without params instead of placing
+    anything. (Split over the two slices to keep the test's compiles few.)"""
     from diffjax.pipeline import InitImage
-    pipe = _pipeline("tiny", topology)
-    _compiled_fits(pipe.lower().compile(), topology)
-    _compiled_fits(_pipeline("tiny", topology, mesh=(1, 2, 2), batch=2).lower().compile(),
-                   topology)
+    v5e, v5p = TOPOLOGIES
+    pipe = _pipeline("tiny", v5e)
+    _compiled_fits(pipe.lower().compile(), v5e)
+    with pytest.raises(ValueError, match="built without params"):
+        pipe.params
+    _compiled_fits(_pipeline("tiny", v5p, mesh=(1, 2, 2), batch=2).lower().compile(), v5p)
     image = np.zeros((32, 32, 3), np.float32)
     mask = np.zeros((32, 32), np.float32)
     mask[:16] = 1
-    for init in (InitImage(image, strength=0.5), InitImage(image, mask=mask)):
-        _compiled_fits(_pipeline("tiny", topology, init=init).lower().compile(), topology)
-    with pytest.raises(ValueError, match="built without params"):
-        pipe.params
-    _compiled_fits(_train_step("tiny", topology, (2, 2, 1), batch=4, resolution=32),
-                   topology)
+    _compiled_fits(_pipeline("tiny", v5e, init=InitImage(image, strength=0.5)).lower()
+                   .compile(), v5e)
+    _compiled_fits(_pipeline("tiny", v5p, init=InitImage(image, mask=mask)).lower()
+                   .compile(), v5p)
+    for topology, mesh in ((v5e, (2, 2, 1)), (v5p, (1, 2, 2))):
+        _compiled_fits(_train_step("tiny", topology, mesh, batch=4, resolution=32), topology)
 
 
 def _train_step(model, topology, mesh, batch, resolution):
@@ -97,6 +101,7 @@ def _train_step(model, topology, mesh, batch, resolution):
 
 # -- the published sizes (slow: minutes of CPU per compile) ---------------------------------
 @pytest.mark.slow
+@needs_libtpu
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 @pytest.mark.parametrize("mesh", [(-1, 1, 1), (1, 4, 1)], ids=["data", "fsdp"])
 def test_sd15_sample_program_compiles(topology, mesh):
@@ -109,6 +114,7 @@ def test_sd15_sample_program_compiles(topology, mesh):
 
 
 @pytest.mark.slow
+@needs_libtpu
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_sd15_unet_train_step_compiles(topology):
     """The SD1.5 UNet step (AdamW, EMA, bf16 compute) at 256^2 with FSDP over the slice."""
@@ -117,6 +123,7 @@ def test_sd15_unet_train_step_compiles(topology):
 
 
 @pytest.mark.slow
+@needs_libtpu
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_sdxl_sample_program_compiles(topology):
     """SDXL base at 1024^2 (two text towers, pooled embedding and time ids), bf16, batch 4,
@@ -136,3 +143,23 @@ def test_lowering_places_nothing():
     lowered = pipe.lower()
     assert pipe._params is None    # noqa: SLF001 - nothing was placed
     assert "stablehlo.convolution" in lowered.as_text()
+
+
+def test_pallas_flash_attention_matches_xla_in_interpret_mode():
+    """The "pallas" attention choice (jax's Pallas TPU flash attention) equals XLA's path
+    on tiny shapes, run by Pallas' TPU interpreter on CPU: float32, 256 queries over 128
+    keys (one and two 128-blocks), max |diff| 9e-8 measured; 1e-5 leaves room for the
+    kernel's blockwise (online) softmax reassociation. Shapes the kernel cannot tile (77
+    keys) take XLA's path and are equal."""
+    import jax
+    from jax.experimental.pallas import tpu as pltpu
+
+    from diffjax.models.attention import attention
+    ks = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(ks[0], (1, 256, 2, 64))
+    k, v = (jax.random.normal(key, (1, 128, 2, 64)) for key in ks[1:3])
+    with pltpu.force_tpu_interpret_mode():
+        out = attention(q, k, v, impl="pallas")
+        odd = attention(q, k[:, :77], v[:, :77], impl="pallas")
+    np.testing.assert_allclose(out, attention(q, k, v, impl="xla"), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(odd, attention(q, k[:, :77], v[:, :77], impl="xla"))

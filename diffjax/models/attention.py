@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", "pallas")
 
 
 def _xla_attention(q, k, v, mask, scale):
@@ -89,6 +89,30 @@ def _chunked_attention(q, k, v, mask, scale, chunk_size):
     return out.transpose(0, 2, 1, 3)
 
 
+def _pallas_block(length: int) -> int:
+    """The largest of 512/256/128 that divides a sequence length (0: none does)."""
+    return next((b for b in (512, 256, 128) if length % b == 0), 0)
+
+
+def _pallas_attention(q, k, v, mask, scale):
+    """jax's Pallas TPU flash attention kernel (`jax.experimental.pallas.ops.tpu.
+    flash_attention`): the [Lq, Lk] logits never leave VMEM, so a 64x64-latent
+    self-attention reads and writes q, k, v and the output instead of a 2 GB float32 logits
+    tensor several times (what bounds XLA's einsum path on TPU: `diffjax plan`). The kernel
+    tiles both sequences in blocks of 128; where one does not divide (CLIP's 77 tokens,
+    cross-attention's 77 keys, 8x8 latents) or there is a mask, XLA's path runs instead.
+    Softmax statistics are float32 in the kernel, as in `_xla_attention`. It compiles for
+    TPU; elsewhere only inside `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+    bq, bk = _pallas_block(q.shape[1]), _pallas_block(k.shape[1])
+    if mask is not None or not bq or not bk:
+        return _xla_attention(q, k, v, mask, scale)
+    blocks = fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1)
+    out = fa.flash_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)),
+                             sm_scale=scale, block_sizes=blocks)
+    return out.transpose(0, 2, 1, 3).astype(v.dtype)
+
+
 def resolve_attention_impl(impl: str) -> str:
     """"auto" picks the fastest kernel measured for the backend: cuDNN flash attention on
     GPU, the cache-sized chunked kernel on CPU, XLA's fused einsum elsewhere (TPU)."""
@@ -108,7 +132,9 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, impl: str = "xla",
       impl: "xla" (einsum + float32 softmax, every backend), "cudnn"
         (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU; on other backends
         XLA's own lowering of the same op), "chunked" (blocks of query rows, low memory,
-        fastest on CPU) or "auto" (per backend, `resolve_attention_impl`).
+        fastest on CPU), "pallas" (jax's Pallas TPU flash attention; XLA's path where its
+        blocks do not tile the sequences) or "auto" (per backend,
+        `resolve_attention_impl`).
       scale: logit scale, 1/sqrt(head_dim) by default.
     Returns: [batch, q_len, heads, head_dim] in v's dtype.
     """
@@ -128,4 +154,6 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, impl: str = "xla",
             else None)
     if impl == "chunked":
         return _chunked_attention(q, k, v, mask, scale, chunk_size)
+    if impl == "pallas":
+        return _pallas_attention(q, k, v, mask, scale)
     return _xla_attention(q, k, v, mask, scale)
