@@ -63,6 +63,29 @@ class FromNoise:
         return x
 
 
+def _starts_at_infinity(sigmas) -> bool:
+    """Whether the grid starts at sigma = inf (alpha_bar = 0: zero terminal SNR, diffusers'
+    DDIM/DDPM, schedule="model"); False for a traced grid."""
+    try:
+        return bool(jnp.isinf(sigmas[0]))
+    except jax.errors.ConcretizationTypeError:
+        return False
+
+
+def _first_step_eta(name, info, options) -> float:
+    """How much fresh noise a sampler's first step from sigma = inf injects, as the limit of
+    its own formula: x_1 = D + sigma_1 (sqrt(1 - eta^2) n + eta z), n the start noise, z
+    fresh. ODE samplers 0 (DDIM eta = 0, Euler, DPM-Solver...); DDIM and the ancestral
+    samplers their eta (capped at 1); the DPM++ SDE samplers 1 when eta > 0 (their
+    transition forgets x entirely over an infinite step)."""
+    if not info.stochastic:
+        return 0.0
+    eta = float(options.get("eta", info.options.get("eta", 1.0)))
+    if name.startswith("dpmpp_") and name.endswith("sde"):
+        return 1.0 if eta > 0 else 0.0
+    return min(eta, 1.0)
+
+
 def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=None,
            init_scale: str = "ve", initial_state=None):
     """Samples [len(seeds), *shape], one per seed, each from its own key.
@@ -70,6 +93,11 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
     denoise: `denoise(x, sigma)`, or `denoise(x, sigma, cond_i)` when `cond` (a pytree with
       a leading axis of len(seeds)) is given; x has the per-sample `shape`.
     sampler: a name in SAMPLERS; options: its keyword options.
+    sigmas[0] = inf (schedule="model" on a zero-terminal-SNR DDIM/DDPM folder): the first
+      step is taken here from pure noise n, as the limit of the sampler's first step:
+      x_1 = D(n, inf) + sigma_1 (sqrt(1 - eta^2) n + eta z) (`_first_step_eta`), then the
+      sampler runs on sigmas[1:]. D(n, inf) needs a denoiser that takes the VP sample at
+      sigma = inf (`denoisers.vp_denoiser` does).
     initial_state: how each seed's run starts and ends, given the seed's N(0, I) noise:
       `x_T(noise, sigma_max)`, `denoiser(denoise, noise)` (a per-seed wrapper),
       `final(x)`. Default `FromNoise(init_scale)`.
@@ -89,12 +117,18 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
             raise ValueError(f"cond must have a leading axis of len(seeds) = {seeds.shape[0]} "
                              f"on every leaf, got leading shapes {sorted(lead)}")
 
+    pure_noise = _starts_at_infinity(sigmas)
+
     def one(seed, c):
         noise_key, key = seed_keys(seed)
         noise = jax.random.normal(noise_key, shape, sigmas.dtype)
-        d = denoise if c is None else (lambda x, s: denoise(x, s, c))
-        x = info.fn(start.denoiser(d, noise), start.x_T(noise, sigmas[0]), sigmas, key,
-                    **options)
+        d = start.denoiser(denoise if c is None else (lambda x, s: denoise(x, s, c)), noise)
+        if pure_noise:
+            eta = _first_step_eta(sampler, info, options)
+            z = jax.random.normal(jax.random.fold_in(key, 0x7FFFFFFF), shape, sigmas.dtype)
+            x = d(noise, sigmas[0]) + sigmas[1] * (jnp.sqrt(1 - eta ** 2) * noise + eta * z)
+            return start.final(info.fn(d, x, sigmas[1:], key, **options))
+        x = info.fn(d, start.x_T(noise, sigmas[0]), sigmas, key, **options)
         return start.final(x)
 
     if seeds.shape[0] == 1:
