@@ -26,7 +26,8 @@ Reproduced per class (diffusers 0.42 `set_timesteps`):
   final_sigmas_type.
 Sigmas are float32 as diffusers keeps them. Not reproduced (ModelScheduleError): other
 classes, `timestep_type="continuous"`, `interpolation_type="log_linear"`, `use_lu_lambdas`,
-flow sigmas, `thresholding`.
+flow sigmas, `thresholding`, DDIM/DDPM's `clip_sample` (True by default there; SD's
+configs set it false).
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def model_grid(cfg: dict, steps: int) -> ModelGrid:
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ModelScheduleError(f"steps must be 1..{T}, got {steps!r}")
     if cls in DDIM_LIKE:
+        if cls != "PNDMScheduler" and cfg.get("clip_sample", True):
+            raise ModelScheduleError(f"schedule='model': {cls} with clip_sample=True (its "
+                                     "default) clips x0 to [-1, 1], a step rule no sigma grid "
+                                     "carries; set clip_sample false (as SD's configs do)")
         return _ddim_grid(cfg, steps, T, spacing, offset)
     if cls in EULER_LIKE or cls in DPM_LIKE:
         ac = _alphas_cumprod(cfg, clamp_zero_snr=True)
