@@ -269,7 +269,13 @@ class TextToImage:
                                           sched["beta_start"], sched["beta_end"],
                                           sched.get("rescale_betas_zero_snr", False))
         self.train_sigmas = schedules.sigmas_from_alphas_cumprod(ac)
-        self.sigmas = schedules.make_sigmas(spec.schedule, spec.steps, self.train_sigmas)
+        self.grid = None   # schedule="model": the folder's diffusers grid and timesteps (H3)
+        if spec.schedule == "model":
+            from diffjax.diffusion.diffusers_schedule import model_grid
+            self.grid = model_grid(dict(sched), spec.steps)
+            self.sigmas = jnp.asarray(self.grid.sigmas, jnp.float32)
+        else:
+            self.sigmas = schedules.make_sigmas(spec.schedule, spec.steps, self.train_sigmas)
         T = sched["num_train_timesteps"]
         self.end_index = (split_index(self.sigmas, self.train_sigmas, spec.denoising_end, T)
                           if spec.denoising_end < 1.0 else spec.steps)
@@ -552,7 +558,8 @@ class TextToImage:
             start = ic.FromImage(init_latent, keep, full_strength=self.start == 0)
         sigmas = self.sigmas[lo:max(hi, lo) + 1]
         denoise = vp_denoiser(guided_model(network, spec.guidance_scale, spec.guidance_rescale),
-                              self.train_sigmas, c.scheduler["prediction_type"])
+                              self.train_sigmas, c.scheduler["prediction_type"],
+                              grid=self.grid)
         cond = (context, uncontext)
         if start is None:
             latents = continue_latents(lambda x, s, cd: denoise(x, s, *cd), image, seeds,

@@ -110,8 +110,9 @@ def _unsupported(cfg, cls):
 
 def model_grid(cfg: dict, steps: int) -> ModelGrid:
     """The grid and timesteps of the scheduler in `cfg` (scheduler_config.json's keys;
-    `_class_name` picks the rules, default DDIM's) for `steps` steps."""
-    cls = cfg.get("_class_name", "DDIMScheduler")
+    `_class_name` picks the rules; without one, PNDMScheduler's, SD 1.x's scheduler) for
+    `steps` steps."""
+    cls = cfg.get("_class_name", "PNDMScheduler")
     _unsupported(cfg, cls)
     T = cfg.get("num_train_timesteps", 1000)
     spacing = cfg.get("timestep_spacing", "leading")
@@ -177,7 +178,13 @@ def _ddim_grid(cfg, steps, T, spacing, offset) -> ModelGrid:
             f"steps steps from t to t - {T // steps}, which is not the next timestep: not "
             "one sigma grid (use leading spacing, or trailing with steps dividing "
             f"{T})")
-    final_ac = 1.0 if cfg.get("set_alpha_to_one", True) else float(ac[0])
+    default_one = cfg.get("_class_name", "PNDMScheduler") != "PNDMScheduler"  # diffusers'
+    final_ac = 1.0 if cfg.get("set_alpha_to_one", default_one) else float(ac[0])
     last = ac[prev[-1]] if prev[-1] >= 0 else final_ac
     sigmas = np.concatenate([_sigma(ac[ts]), [_sigma(np.float64(last))]])
-    return ModelGrid(sigmas.astype(np.float32).astype(np.float64), ts.astype(np.float64))
+    sigmas = sigmas.astype(np.float32).astype(np.float64)
+    if len(sigmas) > 2 and sigmas[-1] == sigmas[-2]:
+        # timestep 0 stepping to alpha_bar[0] (steps_offset 0, set_alpha_to_one false): an
+        # identity step in diffusers (x_prev = x whatever the network says), dropped here
+        sigmas, ts = sigmas[:-1], ts[:-1]
+    return ModelGrid(sigmas, ts.astype(np.float64))
