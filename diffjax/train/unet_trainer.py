@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -58,28 +60,29 @@ def _initial_unet_params(c, comps):
     return load_params_like(init_from, comps.unet_params, "model.init_from")
 
 
-def train_and_evaluate(config, workdir: str):
-    """Train config.train.num_steps UNet updates; resumes from workdir's latest checkpoint.
+@dataclasses.dataclass(frozen=True)
+class UNetStep:
+    """The jitted UNet train step `jitted(state, frozen, batch, key)` and what feeds it."""
 
-    config: a ConfigDict (diffjax.configs.train.unet, a run's config.json), checked into a
-    `UNetRun` here, or a UNetRun. Returns (final TrainState, list of per-step metrics of
-    this call).
-    """
+    jitted: typing.Callable
+    tx: typing.Any                    # the optax optimizer
+    state_shardings: TrainState
+    frozen_sharding: typing.Any       # the frozen CLIP (+ VAE) params: replicated
+    batch_spec: dict                  # batch key -> sharding ("image" or "latent", "ids")
+    clip_skip: int
+    encode: typing.Callable           # (vae_params, pixels in [-1, 1]) -> scaled latents
+
+
+def make_unet_step(c: UNetRun, comps, mesh, cache: bool) -> UNetStep:
+    """The train step of run `c` on `mesh`, from the Components' configs alone (no params
+    are read: `lower_unet_step` compiles it for devices it cannot run on). cache: the batch
+    holds cached latents instead of images (the step never reads the VAE)."""
+    from diffjax.models.abstract import abstract_params
     from diffjax.models.clip import CLIPTextModel
     from diffjax.models.unet import UNet2DConditionModel
     from diffjax.models.vae import AutoencoderKL
-    from diffjax.text import load_tokenizer
-
-    c = run_spec(config, UNetRun)
-    from diffjax.weights.load import load
-    comps = load(c.model.name, seed=c.seed)
     text, unet, vae = (CLIPTextModel(comps.text_config), UNet2DConditionModel(comps.unet_config),
                        AutoencoderKL(comps.vae_config))
-    mesh = make_mesh_checked(c)
-    tokenizer = load_tokenizer(comps.tokenizer_dir)
-    source = builders.open_source(c.data.dataset, c.data.split, c.data.data_dir or None)
-    pcfg = pipeline_config(c)
-
     sched = comps.scheduler
     acp = schedules.alphas_cumprod_for(sched["beta_schedule"], sched["num_train_timesteps"],
                                        sched["beta_start"], sched["beta_end"],
@@ -102,13 +105,83 @@ def train_and_evaluate(config, workdir: str):
         return vae.apply({"params": vae_params}, pixels,
                          method=AutoencoderKL.encode).mean * scaling
 
+    def full_step(state, frozen, batch, key):
+        latents = batch["latent"] if cache else encode(frozen["vae"], batch["image"])
+        context = text.apply({"params": frozen["text"]}, batch["ids"],
+                             clip_skip=clip_skip).context
+        return inner(state, {"x0": jax.lax.stop_gradient(latents),
+                             "context": jax.lax.stop_gradient(context)}, key)
+
+    repl = sharding.replicated(mesh)
+    abstract_state = jax.eval_shape(lambda p: create_train_state(p, tx),
+                                    nn.meta.unbox(abstract_params(comps.unet_config)))
+    state_shardings = unet_state_shardings(unet, comps, tx, abstract_state, mesh)
+    batch_spec = {"latent" if cache else "image": sharding.batch_sharding(mesh, 4),
+                  "ids": sharding.batch_sharding(mesh, 2)}
+    jitted = jax.jit(full_step, in_shardings=(state_shardings, repl, batch_spec, repl),
+                     out_shardings=(state_shardings, repl), donate_argnums=0)
+    return UNetStep(jitted, tx, state_shardings, repl, batch_spec, clip_skip, encode)
+
+
+def lower_unet_step(c: UNetRun, comps, mesh, cache: bool | None = None):
+    """The train step lowered from shapes alone (`jax.stages.Lowered`; nothing placed):
+    the TrainState from the UNet config's abstract params, the frozen CLIP (+ VAE) params
+    from theirs, a batch of `data.batch_size` at `data.resolution`. `.compile()` it for a
+    TPU topology's mesh to read its memory and cost (`diffjax plan`)."""
+    from diffjax.models.abstract import abstract_params
+    cache = c.train.cache_latents if cache is None else cache
+    step = make_unet_step(c, comps, mesh, cache)
+
+    def structs(tree, shardings):
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            tree, shardings)
+    state = structs(jax.eval_shape(lambda p: create_train_state(p, step.tx),
+                                   nn.meta.unbox(abstract_params(comps.unet_config))),
+                    step.state_shardings)
+    frozen = {"text": nn.meta.unbox(abstract_params(comps.text_config))}
+    if not cache:
+        frozen["vae"] = nn.meta.unbox(abstract_params(comps.vae_config))
+    frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                         sharding=step.frozen_sharding), frozen)
+    b, r = c.data.batch_size, c.data.resolution
+    if cache:
+        f = comps.vae_config.downsample_factor
+        x = jax.ShapeDtypeStruct((b, r // f, r // f, comps.vae_config.latent_channels),
+                                 jnp.float32)
+    else:
+        x = jax.ShapeDtypeStruct((b, r, r, 3), jnp.float32)
+    ids = jax.ShapeDtypeStruct((b, comps.text_config.max_position_embeddings), jnp.int32)
+    batch = {"latent" if cache else "image": x, "ids": ids}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return step.jitted.lower(state, frozen, batch, key)
+
+
+def train_and_evaluate(config, workdir: str):
+    """Train config.train.num_steps UNet updates; resumes from workdir's latest checkpoint.
+
+    config: a ConfigDict (diffjax.configs.train.unet, a run's config.json), checked into a
+    `UNetRun` here, or a UNetRun. Returns (final TrainState, list of per-step metrics of
+    this call).
+    """
+    from diffjax.text import load_tokenizer
+
+    c = run_spec(config, UNetRun)
+    from diffjax.weights.load import load
+    comps = load(c.model.name, seed=c.seed)
+    mesh = make_mesh_checked(c)
+    tokenizer = load_tokenizer(comps.tokenizer_dir)
+    source = builders.open_source(c.data.dataset, c.data.split, c.data.data_dir or None)
+    pcfg = pipeline_config(c)
+
     # train.cache_latents: the frozen encoder runs once over the set (latent_cache.py), and
     # the step reads the latents; same examples, order and caption dropout as without.
     cache = c.train.cache_latents
+    step = make_unet_step(c, comps, mesh, cache)
+    tx, clip_skip, batch_spec, jitted = step.tx, step.clip_skip, step.batch_spec, step.jitted
     if cache:
         from diffjax.train import latent_cache
         s = c.data.resolution // comps.vae_config.downsample_factor
-        encode_jit = jax.jit(encode)
+        encode_jit = jax.jit(step.encode)
         source = latent_cache.encode_source(
             source, lambda x: encode_jit(comps.vae_params, x),
             (s, s, comps.vae_config.latent_channels), pcfg,
@@ -120,25 +193,13 @@ def train_and_evaluate(config, workdir: str):
                                           process_index=jax.process_index(),
                                           process_count=jax.process_count()))
 
-    def full_step(state, frozen, batch, key):
-        latents = batch["latent"] if cache else encode(frozen["vae"], batch["image"])
-        context = text.apply({"params": frozen["text"]}, batch["ids"],
-                             clip_skip=clip_skip).context
-        return inner(state, {"x0": jax.lax.stop_gradient(latents),
-                             "context": jax.lax.stop_gradient(context)}, key)
-
     frozen = {"text": comps.text_params}
     if not cache:  # with the cache, the step never reads the VAE: keep it off the device
         frozen["vae"] = comps.vae_params
     state = create_train_state(_initial_unet_params(c, comps), tx)
-    repl = sharding.replicated(mesh)
-    state_shardings = unet_state_shardings(unet, comps, tx, state, mesh)
-    batch_spec = {"latent" if cache else "image": sharding.batch_sharding(mesh, 4),
-                  "ids": sharding.batch_sharding(mesh, 2)}
-    jitted = jax.jit(full_step, in_shardings=(state_shardings, repl, batch_spec, repl),
-                     out_shardings=(state_shardings, repl), donate_argnums=0)
+    state_shardings = step.state_shardings
     state = jax.device_put(state, state_shardings)
-    frozen = jax.device_put(frozen, repl)
+    frozen = jax.device_put(frozen, step.frozen_sharding)
 
     def step_fn(s, b, k):
         return jitted(s, frozen, b, k)
