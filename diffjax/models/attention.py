@@ -102,7 +102,10 @@ def _pallas_attention(q, k, v, mask, scale):
     tiles both sequences in blocks of 128; where one does not divide (CLIP's 77 tokens,
     cross-attention's 77 keys, 8x8 latents) or there is a mask, XLA's path runs instead.
     Softmax statistics are float32 in the kernel, as in `_xla_attention`. It compiles for
-    TPU; elsewhere only inside `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`."""
+    TPU; elsewhere only inside `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`.
+    Limitation: Mosaic kernels are not partitioned by XLA, so a program whose activations
+    are sharded over several devices refuses to compile ("wrap the call in a shard_map");
+    single-device programs (one chip's share of a data-parallel job) compile."""
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
     bq, bk = _pallas_block(q.shape[1]), _pallas_block(k.shape[1])
     if mask is not None or not bq or not bk:
