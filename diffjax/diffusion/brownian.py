@@ -103,17 +103,18 @@ class BrownianNoise:
     def value(self, sigma):
         """W(sigma), shaped like `like` (computed in float32)."""
         t = jnp.maximum(jnp.asarray(sigma, jnp.float32), 0.0)
-        j = jnp.clip(jnp.frexp(t)[1] - 1, J_MIN - 1, J_MAX - 1)   # t in [2^j, 2^(j+1))
+        j = jnp.clip(jnp.frexp(t)[1] - 1, J_MIN - 1, J_MAX - 1).astype(jnp.int32)  # [2^j, 2^j+1)
         lo = jnp.where(j < J_MIN, 0.0, jnp.ldexp(jnp.float32(1.0), j))
         width = jnp.ldexp(jnp.float32(1.0), jnp.maximum(j, J_MIN))
         levels = jnp.arange(J_MIN, J_MAX + 1)
         wa = jnp.where(j < J_MIN, 0.0, ((levels == j)[:, None] * self.spine).sum(0))
         wb = ((levels == j + 1)[:, None] * self.spine).sum(0)
-        key = ((jnp.arange(J_MIN - 1, J_MAX + 1) == j)[:, None] * self.block_keys).sum(0)
+        key = ((jnp.arange(J_MIN - 1, J_MAX + 1) == j)[:, None] * self.block_keys).sum(
+            0).astype(jnp.uint32)
         u = (jnp.minimum(t, 2.0 ** J_MAX) - lo) / width   # position in the block, [0, 1]
-        depth = jnp.arange(DEPTH + 1)
+        depth = jnp.arange(DEPTH + 1, dtype=jnp.int32)
         n = jnp.floor(u * jnp.ldexp(jnp.float32(1.0), depth))      # node index per level
-        counters = (jnp.left_shift(1, depth[:DEPTH]) + n[:DEPTH].astype(jnp.int32))
+        counters = jnp.left_shift(jnp.int32(1), depth[:DEPTH]) + n[:DEPTH].astype(jnp.int32)
         z = _normal_from_bits(jax.vmap(lambda c: _words(key, c, self.size)[:self.size])(
             counters.astype(jnp.uint32)))
 
