@@ -40,7 +40,8 @@ import jax.numpy as jnp
 from diffjax import tpu
 from diffjax.spec import ConfigError
 
-ESTIMATE_LABEL = "compiler estimate (TPU cost model), not a measurement"
+ESTIMATE_LABEL = ("compiler estimate (the TPU compiler's cost analysis: its optimal_seconds, "
+                  "or the roofline of its flops and bytes), not a measurement")
 MESH_KINDS = ("data", "fsdp", "tensor")
 
 
@@ -86,6 +87,9 @@ class Row:
     network_flops: float = 0.0
     network_seconds: float = 0.0
     network_utilisation: float = 0.0
+    # "compiler": the TPU compiler's optimal_seconds; "roofline": max(flops / peak,
+    # bytes / HBM bandwidth) from its cost analysis, where optimal_seconds is negative
+    estimate_source: str = "compiler"
     notes: str = ""
 
     @property
@@ -199,8 +203,20 @@ def network_call_program(pipe, batch: int):
     return jax.jit(call).lower(params, x, t, ctx, added)
 
 
+def roofline_seconds(flops: float, bytes_accessed: float, chip: tpu.Chip, row: Row) -> float:
+    """max(flops / peak, bytes / HBM bandwidth) per device: the bound the cost analysis'
+    own counts imply, used where the TPU compiler's `optimal_seconds` is missing or negative
+    (libtpu 0.0.42 returns a negative figure for SD-size UNets)."""
+    share = row.chips / row.devices
+    return max(flops / (chip.peak_bf16_flops * share),
+               bytes_accessed / (chip.hbm_bytes_per_s * share))
+
+
 def _estimate(row: Row, chip: tpu.Chip, flops: float, bytes_accessed: float,
               seconds: float) -> None:
+    if seconds <= 0 and flops > 0:
+        seconds = roofline_seconds(flops, bytes_accessed, chip, row)
+        row.estimate_source = "roofline"
     row.flops, row.bytes_accessed, row.estimate_seconds = flops, bytes_accessed, seconds
     if seconds > 0:
         peak_per_device = chip.peak_bf16_flops * row.chips / row.devices
@@ -236,23 +252,18 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip) -
     if repeats and row.fits:
         call_batch = calls[0][0] if calls and calls[0] else row.batch_size
         call = cost_of(network_call_program(pipe, call_batch).compile())
+        if call["seconds"] <= 0 or seconds <= 0:   # no compiler figure: roofline for both
+            row.estimate_source = "roofline"
+            call["seconds"] = roofline_seconds(call["flops"], call["bytes_accessed"], chip,
+                                               row)
+            seconds = roofline_seconds(flops, nbytes, chip, row)
         row.network_flops, row.network_seconds = call["flops"], call["seconds"]
-        if call["seconds"] > 0:
-            row.network_utilisation = call["flops"] / (
-                call["seconds"] * chip.peak_bf16_flops * row.chips / row.devices)
+        row.network_utilisation = call["flops"] / (
+            call["seconds"] * chip.peak_bf16_flops * row.chips / row.devices)
         flops += repeats * call["flops"]
         nbytes += repeats * call["bytes_accessed"]
-        if seconds > 0 and call["seconds"] > 0:
-            seconds += repeats * call["seconds"]
-        elif call["seconds"] > 0:
-            seconds = nfe * call["seconds"]
-            row.notes = ("the whole program has no compiler time estimate: network calls "
-                         "only")
-        else:
-            seconds = -1.0
+        seconds += repeats * call["seconds"]
     row.compile_seconds = time.perf_counter() - t0
-    if seconds <= 0:
-        row.notes = "the compiler gave no time estimate"
     _estimate(row, chip, flops, nbytes, seconds)
     return row
 
@@ -370,7 +381,7 @@ def markdown(result: dict) -> str:
             f"| {r['topology']} | {','.join(map(str, r['mesh']))} | {r['batch_size']} | "
             f"{status} | {mem} | {r['hbm_bytes'] / gib:.0f} GiB | "
             f"{r['flops'] / 1e12:.2f} | {r['bytes_accessed'] / 1e9:.1f} | "
-            f"{r['estimate_seconds']:.3g} | "
+            f"{r['estimate_seconds']:.3g} ({r['estimate_source']}) | "
             + (f"{r['images_per_s_per_chip']:.3g} | {100 * r['flop_utilisation']:.0f}% | "
                if est else "- | - | ")
             + f"{r['compile_seconds']:.0f} |")

@@ -31,6 +31,23 @@ def _plan(tmp_path, *args):
     return json.loads((out / "plan.json").read_text()), proc.stdout, proc.stderr
 
 
+def test_roofline_fallback_per_device():
+    """Where the compiler's optimal_seconds is negative (SD-size programs, libtpu 0.0.42),
+    the estimate is max(flops / peak, bytes / HBM bandwidth) per device: SD1.5's UNet call
+    on v5e (1.665 TFLOP, 50.5 GB) is bandwidth-bound at 61.7 ms, 13.7% of peak; a v4
+    device is half a chip."""
+    from diffjax import plan
+    row = plan.Row("v5e:2x2", "v5e", 4, 4, (4, 1, 1), 4, "fits")
+    plan._estimate(row, tpu.CHIPS["v5e"], 1.665e12, 50.5e9, -190.0)
+    assert row.estimate_source == "roofline"
+    assert row.estimate_seconds == pytest.approx(50.5e9 / 819e9)
+    assert row.flop_utilisation == pytest.approx(1.665e12 / 197e12 / (50.5e9 / 819e9))
+    assert row.images_per_s_per_chip == pytest.approx(1 / row.estimate_seconds)
+    v4 = plan.Row("v4:2x2x1", "v4", 8, 4, (8, 1, 1), 8, "fits")
+    assert plan.roofline_seconds(275e12, 0, tpu.CHIPS["v4"], v4) == pytest.approx(2.0)
+
+
+@pytest.mark.slow   # two plan runs, three candidates: ~5 min on the shared 2-core VM
 def test_plan_tiny_table_recommendation_and_a_misfit(tmp_path):
     result, stdout, stderr = _plan(
         tmp_path, "--config", "diffjax.configs.sample:model=tiny,steps=4,size=2048",
@@ -44,11 +61,11 @@ def test_plan_tiny_table_recommendation_and_a_misfit(tmp_path):
 
     result, stdout, _ = _plan(
         tmp_path, "--config", "diffjax.configs.sample:model=tiny,steps=4",
-        "--config.dtype=bfloat16", "--topology", "v5e:2x2", "--batch-sizes", "4,8",
+        "--config.dtype=bfloat16", "--topology", "v5e:2x2", "--batch-sizes", "4",
         "--mesh", "data", "--mesh", "1,2,2")
     rows = result["rows"]
-    assert [(tuple(r["mesh"]), r["batch_size"]) for r in rows] == [
-        ((4, 1, 1), 4), ((4, 1, 1), 8), ((1, 2, 2), 4), ((1, 2, 2), 8)]
+    assert [(tuple(r["mesh"]), r["batch_size"]) for r in rows] == [((4, 1, 1), 4),
+                                                                   ((1, 2, 2), 4)]
     for r in rows:
         assert r["status"] == "fits" and 0 < r["memory_bytes"] < 16 * GiB
         assert r["estimate_seconds"] > 0 and r["flops"] > 0 and r["network_flops"] > 0

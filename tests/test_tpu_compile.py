@@ -57,6 +57,7 @@ def test_topologies_and_chip_table():
         tpu.topology_devices("v5e:3x7")
 
 
+@pytest.mark.slow   # seven TPU compiles: ~15 min at load 14 on the shared 2-core VM
 @needs_libtpu
 def test_tiny_programs_compile():
     """From abstract params, for a slice: text-to-image on a data mesh (v5e) and a sharded
