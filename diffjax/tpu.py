@@ -101,8 +101,12 @@ def quiet_libtpu() -> None:
                        ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
                        ("TPU_WORKER_HOSTNAMES", "localhost"),
                        ("TPU_STDERR_LOG_LEVEL", "3"),
-                       ("TPU_MIN_LOG_LEVEL", "3")):
+                       ("TPU_MIN_LOG_LEVEL", "3"),
+                       # the library itself runs on the CPU; libtpu only compiles
+                       ("JAX_PLATFORMS", "cpu")):
         os.environ.setdefault(key, value)
+    import jax
+    jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
 
 
 @functools.cache
