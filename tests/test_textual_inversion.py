@@ -102,6 +102,7 @@ def test_embedding_equals_diffusers_load_textual_inversion(files, tmp_path):
     del jax
 
 
+@pytest.mark.parity   # the `files` fixture writes the A1111 .pt with torch
 def test_collisions_and_formats(files, tmp_path):
     from diffjax.weights.components import preset_components
     paths, vecs = files
