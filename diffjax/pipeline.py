@@ -595,23 +595,16 @@ class TextToImage:
         padded to one chunk count k with empty-prompt chunks. Truncation only with
         spec.max_prompt_chunks (reported in `self.truncated`)."""
         from diffjax import prompt_weights as pw
-        texts = [[prompts, negatives]]
-        if self.sdxl:
-            texts = [[prompts, negatives], [[b or a for a, b in zip(prompts, prompts_2)],
-                                            [b or a for a, b in zip(negatives, negatives_2)]]]
-            texts = texts[:len(self.tokenizers)]
-        limit = self.spec.max_prompt_chunks
-        items = [[[pw.tokenize_weighted(tok, t, limit) for t in side] for side in sides]
-                 for tok, sides in zip(self.tokenizers, texts)]
+        items = self._weighted_items(prompts, prompts_2, negatives, negatives_2)
         flat = [it for sides in items for side in sides for it in side]
         self.truncated = max(it.n_truncated for it in flat)
         if self.truncated:
             import logging
             logging.getLogger(__name__).warning(
                 "prompt truncated to max_prompt_chunks=%d chunks of 75 tokens: %d token(s) "
-                "dropped", limit, self.truncated)
-        k = max(len(it.ids) for it in flat)
-        if k == 1 and all(np.all(it.weights == 1.0) for it in flat):
+                "dropped", self.spec.max_prompt_chunks, self.truncated)
+        k = _chunk_key(flat)
+        if k == 0:
             out = [[np.stack([it.ids[0] for it in side]) for side in sides] for sides in items]
         else:
             out = []
@@ -626,6 +619,35 @@ class TextToImage:
         if not self.sdxl:
             return out[0][0], out[0][1]
         return tuple(o[0] for o in out), tuple(o[1] for o in out)
+
+    def _weighted_items(self, prompts, prompts_2, negatives, negatives_2):
+        """`prompt_weights.tokenize_weighted` of every text: [tower][prompts, negatives][i]."""
+        from diffjax import prompt_weights as pw
+        texts = [[prompts, negatives]]
+        if self.sdxl:
+            texts = [[prompts, negatives], [[b or a for a, b in zip(prompts, prompts_2)],
+                                            [b or a for a, b in zip(negatives, negatives_2)]]]
+            texts = texts[:len(self.tokenizers)]
+        limit = self.spec.max_prompt_chunks
+        return [[[pw.tokenize_weighted(tok, t, limit) for t in side] for side in sides]
+                for tok, sides in zip(self.tokenizers, texts)]
+
+    def prompt_groups(self, prompts, negatives, prompts_2=None, negatives_2=None):
+        """The positions of a call grouped by the program their own prompts need (plain
+        ids, or A1111-syntax ids of k chunks). Padding a prompt with empty chunks changes
+        its image, so a call that mixes chunk counts runs one program per group and each
+        image depends only on its own prompt and seed, never on its batch neighbours."""
+        n = len(prompts)
+        if self.spec.prompt_syntax != "a1111" or n == 1:
+            return [list(range(n))]
+        p2 = list(prompts_2 or [self.spec.prompt_2] * n)
+        n2 = list(negatives_2 or [self.spec.negative_prompt_2] * n)
+        groups: dict[int, list[int]] = {}
+        for i in range(n):
+            items = self._weighted_items([prompts[i]], [p2[i]], [negatives[i]], [n2[i]])
+            key = _chunk_key([it for sides in items for side in sides for it in side])
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
 
     def _global_inputs(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None,
                        latents=None):
@@ -717,9 +739,12 @@ class TextToImage:
         this process owns) — every position on one process; on many, each writes its own.
         prompts_2 / negatives_2: SDXL's second-tower texts per item (default the spec's);
         latents: what a denoising_start > 0 program continues."""
-        n = len(prompts)
+        groups = self.prompt_groups(prompts, negatives, prompts_2, negatives_2)
+        if len(groups) > 1:
+            return _by_group(self.generate_local, groups, prompts, negatives, seeds,
+                             prompts_2, negatives_2, latents=latents)
         out = self.run_global(prompts, negatives, seeds, prompts_2, negatives_2, latents)
-        return local_rows(out, n)
+        return local_rows(out, len(prompts))
 
     def __call__(self, prompts, seeds, negative_prompts=None, latents=None) -> np.ndarray:
         """Images [len(prompts), H, W, 3] float32 in [0, 1] (single-process use); latents
@@ -772,6 +797,30 @@ class TextToImage:
             if getattr(self, key, None):
                 meta[key] = dict(getattr(self, key))
         return meta
+
+
+def _chunk_key(items) -> int:
+    """The program a prompt's tokenized texts need: 0 = plain ids (one chunk, no
+    emphasis), else the chunk count k of the A1111-syntax program."""
+    k = max(len(it.ids) for it in items)
+    return 0 if k == 1 and all(np.all(it.weights == 1.0) for it in items) else k
+
+
+def _by_group(generate_local, groups, prompts, negatives, seeds, prompts_2, negatives_2,
+              **extra):
+    """`generate_local` run on each group of positions (`prompt_groups`), its rows put
+    back in the call's order: (images [n, ...], positions this process owns)."""
+    n, images, owned = len(prompts), None, []
+    for rows in groups:
+        pick = lambda xs: None if xs is None else [xs[r] for r in rows]  # noqa: E731
+        sub = {k: (None if v is None else v[np.asarray(rows)]) for k, v in extra.items()}
+        got, mine = generate_local(pick(prompts), pick(negatives), pick(seeds),
+                                   pick(prompts_2), pick(negatives_2), **sub)
+        if images is None:
+            images = np.zeros((n, *got.shape[1:]), got.dtype)
+        images[np.asarray(rows)] = got
+        owned += [rows[j] for j in mine]
+    return images, sorted(owned)
 
 
 def local_rows(out, n: int):
@@ -830,6 +879,10 @@ class BaseRefiner:
                 "temp_bytes": max(a["temp_bytes"], b["temp_bytes"])}
 
     def generate_local(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None):
+        groups = self.base.prompt_groups(prompts, negatives, prompts_2, negatives_2)
+        if len(groups) > 1:
+            return _by_group(self.generate_local, groups, prompts, negatives, seeds,
+                             prompts_2, negatives_2)
         latents = self.base.run_global(prompts, negatives, seeds, prompts_2, negatives_2)
         out = self.refiner.run_global(prompts, negatives, seeds, prompts_2, negatives_2,
                                       latents=latents)
