@@ -250,7 +250,8 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip) -
     repeats = max(nfe - len(calls), 0)
     flops, nbytes, seconds = whole["flops"], whole["bytes_accessed"], whole["seconds"]
     if repeats and row.fits:
-        call_batch = calls[0][0] if calls and calls[0] else row.batch_size
+        # traced inside the vmap over seeds: rows per seed (2 with CFG) x the batch
+        call_batch = (calls[0][0] if calls and calls[0] else 1) * row.batch_size
         call = cost_of(network_call_program(pipe, call_batch).compile())
         if call["seconds"] <= 0 or seconds <= 0:   # no compiler figure: roofline for both
             row.estimate_source = "roofline"
