@@ -166,7 +166,8 @@ def count_network_calls():
 
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, UNet2DConditionModel) and \
-                context.method_name == "__call__" and context.module.parent is None:
+                context.method_name == "__call__" and \
+                not isinstance(context.module.parent, nn.Module):   # the top-level call
             calls.append(tuple(getattr(args[0], "shape", ())))
         return next_fun(*args, **kwargs)
 
