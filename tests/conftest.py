@@ -52,7 +52,19 @@ def missing_parity_references() -> list[str]:
     return [name for name in PARITY_REFERENCES if importlib.util.find_spec(name) is None]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--tpu-full", action="store_true",
+                     help="also compile the published-size programs for TPU topologies "
+                          "(tests marked tpu_full: 4-6 min of CPU each on a 2-core machine)")
+
+
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--tpu-full"):
+        full = pytest.mark.skip(reason="published-size TPU compile (minutes of CPU each): "
+                                       "run with pytest --tpu-full")
+        for item in items:
+            if item.get_closest_marker("tpu_full"):
+                item.add_marker(full)
     missing = missing_parity_references()
     if not missing:
         return

@@ -85,7 +85,7 @@ def test_plan_bad_topology_is_one_line_exit_2(tmp_path):
     assert "expected <chip>:<shape>" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.tpu_full   # two SD1.5 compiles for v5e: ~10 min of CPU on a 2-core machine
 def test_plan_sd15_v5e(tmp_path):
     """The must-show: SD1.5, bf16, CFG, 2 steps (estimates scale with the steps: the scan's
     network call is compiled once and counted per step), batches 8 and 64 on v5e:2x2."""

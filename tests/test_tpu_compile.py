@@ -7,10 +7,13 @@ shardings; nothing placed) and compiled for v5e:2x2 and v5p:2x2x1. A program tha
 CPU can still fail to compile for an accelerator (the H100 refused `jnp.interp` in the
 scan): here it fails the suite.
 
-Two sizes: the tiny presets on every variant and mesh (seconds), and the published sizes
-(SD1.5 and SDXL, bf16, batch 4, two steps: compiling the scan's body once is what matters,
-the step count only sets its trip count), marked slow: a full-size TPU compile costs
-minutes of CPU here. Skipped only where libtpu is not installed (CI installs the extra).
+Two sizes: the tiny presets (text-to-image on a data and a sharded mesh and the train step
+in every run; img2img, inpainting and the second slice's train step with `--tpu-full`), and
+the published sizes (SD1.5 and SDXL, bf16, batch 4, two steps: compiling the scan's body
+once is what matters, the step count only sets its trip count), marked `tpu_full`: a
+full-size TPU compile costs 4-6 minutes of CPU on a 2-core machine, eight of them more than
+the whole suite's budget, so they run with `pytest --tpu-full` (tests/conftest.py).
+Skipped otherwise only where libtpu is not installed (CI installs the extra).
 """
 
 import numpy as np
@@ -57,20 +60,28 @@ def test_topologies_and_chip_table():
         tpu.topology_devices("v5e:3x7")
 
 
-@pytest.mark.slow   # seven TPU compiles: ~15 min at load 14 on the shared 2-core VM
+@pytest.mark.slow
 @needs_libtpu
 def test_tiny_programs_compile():
-    """From abstract params, for a slice: text-to-image on a data mesh (v5e) and a sharded
-    fsdp x tensor mesh (v5p), img2img (v5e), inpainting with RePaint blending (v5p) and the
-    UNet train step (both); the pipeline refuses to run without params instead of placing
-    anything. (Split over the two slices to keep the test's compiles few.)"""
-    from diffjax.pipeline import InitImage
+    """From abstract params, for a slice: text-to-image on a data mesh (v5e), on a sharded
+    fsdp x tensor mesh (v5p) and the UNet train step (v5e); the pipeline refuses to run
+    without params instead of placing anything. (One TPU compile of a tiny program costs
+    ~15 s of CPU here, the train step's ~65 s: the default run keeps these three.)"""
     v5e, v5p = TOPOLOGIES
     pipe = _pipeline("tiny", v5e)
     _compiled_fits(pipe.lower().compile(), v5e)
     with pytest.raises(ValueError, match="built without params"):
         pipe.params
     _compiled_fits(_pipeline("tiny", v5p, mesh=(1, 2, 2), batch=2).lower().compile(), v5p)
+    _compiled_fits(_train_step("tiny", v5e, (2, 2, 1), batch=4, resolution=32), v5e)
+
+
+@pytest.mark.tpu_full
+@needs_libtpu
+def test_tiny_image_conditioned_programs_and_v5p_train_step_compile():
+    """img2img (v5e), inpainting with RePaint blending (v5p) and the train step on v5p."""
+    from diffjax.pipeline import InitImage
+    v5e, v5p = TOPOLOGIES
     image = np.zeros((32, 32, 3), np.float32)
     mask = np.zeros((32, 32), np.float32)
     mask[:16] = 1
@@ -78,8 +89,7 @@ def test_tiny_programs_compile():
                    .compile(), v5e)
     _compiled_fits(_pipeline("tiny", v5p, init=InitImage(image, mask=mask)).lower()
                    .compile(), v5p)
-    for topology, mesh in ((v5e, (2, 2, 1)), (v5p, (1, 2, 2))):
-        _compiled_fits(_train_step("tiny", topology, mesh, batch=4, resolution=32), topology)
+    _compiled_fits(_train_step("tiny", v5p, (1, 2, 2), batch=4, resolution=32), v5p)
 
 
 def _train_step(model, topology, mesh, batch, resolution):
@@ -100,8 +110,8 @@ def _train_step(model, topology, mesh, batch, resolution):
     return lower_unet_step(run, comps, mesh).compile()
 
 
-# -- the published sizes (slow: minutes of CPU per compile) ---------------------------------
-@pytest.mark.slow
+# -- the published sizes (tpu_full: 4-6 minutes of CPU per compile) -------------------------
+@pytest.mark.tpu_full
 @needs_libtpu
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 @pytest.mark.parametrize("mesh", [(-1, 1, 1), (1, 4, 1)], ids=["data", "fsdp"])
@@ -114,7 +124,7 @@ def test_sd15_sample_program_compiles(topology, mesh):
         assert mem["argument_bytes"] < 2 * GiB
 
 
-@pytest.mark.slow
+@pytest.mark.tpu_full
 @needs_libtpu
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_sd15_unet_train_step_compiles(topology):
@@ -123,7 +133,7 @@ def test_sd15_unet_train_step_compiles(topology):
                    topology)
 
 
-@pytest.mark.slow
+@pytest.mark.tpu_full
 @needs_libtpu
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_sdxl_sample_program_compiles(topology):
