@@ -46,7 +46,7 @@ class BenchSpec:
     batch_sizes: tuple[int, ...] = (1,)
     steps: int = 10
     sampler: str = "euler"
-    attention: typing.Literal["auto", "xla", "cudnn", "chunked"] = "auto"
+    attention: typing.Literal["auto", "xla", "cudnn", "chunked", "pallas"] = "auto"
     repeats: int = 3
     vs: typing.Literal["", "diffusers"] = ""
     startup: bool = False                # fresh-process cold / cached compile times

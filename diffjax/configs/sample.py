@@ -42,7 +42,7 @@ def get_config(arg=None):
     c.clip_skip = -1                # -1 = the model's own; 0 = last layer; 1 = penultimate
     c.batch_size = a.batch_size     # images per jitted call, over all devices (tail padded)
     c.dtype = "float32"             # network compute dtype; schedules are always float32
-    c.attention = "auto"            # auto (per backend) | xla | cudnn | chunked
+    c.attention = "auto"            # auto (per backend) | xla | cudnn | chunked | pallas (TPU)
     # SDXL (ignored by SD1/SD2 models; defaults as diffusers'): the second text tower's
     # prompts ("" = the prompt / negative prompt), micro-conditioning as (height, width) /
     # (top, left) pairs ("" or () = the output size; negative_*: the positive ones), the

@@ -128,7 +128,7 @@ def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]
         import zipfile
         if not allow_pickle or zipfile.is_zipfile(path):
             return pickle_reader.load_pickle_state_dict(path, allow_pickle)
-    return load_state_dict(path)
+    return load_state_dict(path, allow_pickle)
 
 
 def load_inception(path: str, config: InceptionConfig = InceptionConfig(),

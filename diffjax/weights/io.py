@@ -50,8 +50,12 @@ def check_state_dict(expected: Mapping[str, tuple], got: Mapping[str, np.ndarray
     raise WeightsError("\n".join(lines))
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load a `.safetensors` file (no torch needed) or a torch `.bin`/`.pt` (needs torch).
+def load_state_dict(path: str | os.PathLike,
+                    allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Load a `.safetensors` file, or a torch pickle (`.bin`/`.pt`/`.pth`/`.ckpt`) only with
+    `allow_pickle`: a pickle can run code when it is read, so it is refused by default
+    (naming why and how to convert) and otherwise read by `weights.pickle_reader`'s
+    restricted unpickler, which rebuilds tensors only and needs no torch.
 
     bfloat16 tensors come back as `ml_dtypes.bfloat16` numpy arrays (numpy has no bf16).
     """
@@ -63,26 +67,37 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         check_finite(out, path)
         return out
     if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
-        try:
-            import torch
-        except ImportError as e:
-            raise WeightsError(
-                f"{path!r} is a PyTorch pickle; reading it needs torch, which is not "
-                "installed. Convert it to .safetensors, or install torch.") from e
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-            raise WeightsError(f"weights file {path!r} cannot be read as a PyTorch "
-                               f"checkpoint ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-        if not isinstance(sd, dict):
-            raise WeightsError(f"weights file {path!r} holds {type(sd).__name__}; expected a "
-                               "state dict")
-        out = {k: _torch_to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
+        import zipfile
+
+        from diffjax.weights.pickle_reader import load_pickle_state_dict
+        if not allow_pickle or zipfile.is_zipfile(path):
+            return load_pickle_state_dict(path, allow_pickle)
+        out = _legacy_torch_pickle(path)
         check_finite(out, path)
         return out
     raise WeightsError(f"{path!r}: unknown weights format (expected .safetensors or .bin)")
+
+
+def _legacy_torch_pickle(path: str) -> dict[str, np.ndarray]:
+    """A pre-1.6 (non-zip) torch pickle, which the restricted reader does not parse, through
+    `torch.load(weights_only=True)` (tensors only) when torch is installed; only reached
+    with allow_pickle."""
+    try:
+        import torch
+    except ImportError as e:
+        raise WeightsError(f"{path!r} is a legacy (pre-1.6) PyTorch pickle; reading it needs "
+                           "torch. Re-save it as .safetensors") from e
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise WeightsError(f"weights file {path!r} cannot be read as a PyTorch checkpoint "
+                           f"({type(e).__name__})") from None
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict):
+        raise WeightsError(f"weights file {path!r} holds {type(sd).__name__}; expected a "
+                           "state dict")
+    return {k: v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            for k, v in sd.items() if hasattr(v, "detach")}
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -132,14 +147,6 @@ def check_params_finite(params, what: str) -> None:
     if bad:
         raise WeightsError(f"{what}: {len(bad)} tensor(s) hold NaN or inf: {_fmt_items(bad, 5)}"
                            "; the checkpoint is corrupted or the weights diverged")
-
-
-def _torch_to_numpy(t):
-    import torch
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-        return t.detach().float().numpy().astype(ml_dtypes.bfloat16)
-    return t.detach().cpu().numpy()
 
 
 def save_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLike,
