@@ -77,6 +77,15 @@ class BasicConv2d(nn.Module):
         return nn.relu(x).astype(jnp.dtype(self.dtype))
 
 
+def _convs(div: int, dtype: str):
+    """`c(width, kernel, ..., name=...)`: a BasicConv2d of the published width divided by
+    `div` (the reduced-width test configs), in `dtype`; every Inception block builds its
+    branches with it."""
+    def conv(features, *args, name, **kwargs):
+        return BasicConv2d(features // div, *args, **kwargs, dtype=dtype, name=name)
+    return conv
+
+
 def _avg_pool_3x3_same(x):
     """TensorFlow's 3x3 stride-1 average pool: padding is not counted in the mean
     (pytorch-fid's `count_include_pad=False` patch)."""
@@ -94,8 +103,7 @@ class InceptionA(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = lambda n, *a, name, **k: BasicConv2d(n // self.div, *a, **k, dtype=self.dtype,
-                                                 name=name)
+        c = _convs(self.div, self.dtype)
         b1 = c(64, 1, name="branch1x1")(x)
         b5 = c(48, 1, name="branch5x5_1")(x)
         b5 = c(64, 5, padding=2, name="branch5x5_2")(b5)
@@ -112,8 +120,7 @@ class InceptionB(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = lambda n, *a, name, **k: BasicConv2d(n // self.div, *a, **k, dtype=self.dtype,
-                                                 name=name)
+        c = _convs(self.div, self.dtype)
         b3 = c(384, 3, stride=2, name="branch3x3")(x)
         bd = c(64, 1, name="branch3x3dbl_1")(x)
         bd = c(96, 3, padding=1, name="branch3x3dbl_2")(bd)
@@ -128,8 +135,7 @@ class InceptionC(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = lambda n, *a, name, **k: BasicConv2d(n // self.div, *a, **k, dtype=self.dtype,
-                                                 name=name)
+        c = _convs(self.div, self.dtype)
         c7 = self.channels_7x7  # c() divides it like every width
         b1 = c(192, 1, name="branch1x1")(x)
         b7 = c(c7, 1, name="branch7x7_1")(x)
@@ -150,8 +156,7 @@ class InceptionD(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = lambda n, *a, name, **k: BasicConv2d(n // self.div, *a, **k, dtype=self.dtype,
-                                                 name=name)
+        c = _convs(self.div, self.dtype)
         b3 = c(192, 1, name="branch3x3_1")(x)
         b3 = c(320, 3, stride=2, name="branch3x3_2")(b3)
         b7 = c(192, 1, name="branch7x7x3_1")(x)
@@ -170,8 +175,7 @@ class InceptionE(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = lambda n, *a, name, **k: BasicConv2d(n // self.div, *a, **k, dtype=self.dtype,
-                                                 name=name)
+        c = _convs(self.div, self.dtype)
         b1 = c(320, 1, name="branch1x1")(x)
         b3 = c(384, 1, name="branch3x3_1")(x)
         b3 = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
@@ -195,7 +199,7 @@ class FIDInceptionV3(nn.Module):
     @nn.compact
     def __call__(self, x):
         d, dt = self.config.channel_divisor, self.config.dtype
-        c = lambda n, *a, name, **k: BasicConv2d(n // d, *a, **k, dtype=dt, name=name)
+        c = _convs(d, dt)
         x = x.astype(jnp.dtype(dt))
         x = c(32, 3, stride=2, name="Conv2d_1a_3x3")(x)
         x = c(32, 3, name="Conv2d_2a_3x3")(x)
