@@ -26,6 +26,7 @@ base's latents to the refiner ("ensemble of experts").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -349,19 +350,23 @@ class TextToImage:
                                                             ("text_2", c.text_config_2))
                 if cfg is not None]
 
+    def _vae_config(self):
+        """The VAE's config as it runs: in the job's dtype unless its config has
+        force_upcast (diffusers' rule: SD's and SDXL's VAEs overflow in half precision),
+        then in float32."""
+        c = self.components
+        vae_dtype = ("float32" if getattr(c.vae_config, "force_upcast", True)
+                     else self.spec.dtype)
+        return dataclasses.replace(c.vae_config, dtype=vae_dtype)
+
     def _modules(self):
-        """(first text tower or None, UNet, VAE). The VAE computes in the job's dtype unless
-        its config has force_upcast (diffusers' rule: SD's and SDXL's VAEs overflow in half
-        precision), then in float32."""
+        """(first text tower or None, UNet, VAE)."""
         from diffjax.models.clip import CLIPTextModel
         from diffjax.models.unet import UNet2DConditionModel
         from diffjax.models.vae import AutoencoderKL
         c = self.components
-        vae_dtype = ("float32" if getattr(c.vae_config, "force_upcast", True)
-                     else self.spec.dtype)
         text = CLIPTextModel(c.text_config) if c.text_config is not None else None
-        return (text, UNet2DConditionModel(c.unet_config),
-                AutoencoderKL(dataclasses.replace(c.vae_config, dtype=vae_dtype)))
+        return (text, UNet2DConditionModel(c.unet_config), AutoencoderKL(self._vae_config()))
 
     def _abstract_and_params(self):
         """({params key: boxed abstract params}, {params key: params}) of every network."""
@@ -372,6 +377,17 @@ class TextToImage:
                 ("unet", c.unet_config, c.unet_params), ("vae", c.vae_config, c.vae_params)]
         rows = [r for r in rows if r[1] is not None]
         return ({k: abstract_params(cfg) for k, cfg, _ in rows}, {k: p for k, _, p in rows})
+
+    def _inference_dtypes(self):
+        """{params key: each param's storage dtype while sampling}
+        (`models.inference_dtypes`): the weights a network casts to its bfloat16 compute
+        dtype at every call are stored in bfloat16 once, which leaves every output bit
+        unchanged and halves their memory and the bytes each call reads."""
+        from diffjax.models.inference_dtypes import inference_dtypes
+        c = self.components
+        configs = {"text": c.text_config, "text_2": c.text_config_2, "unet": c.unet_config,
+                   "vae": self._vae_config() if c.vae_config is not None else None}
+        return {k: inference_dtypes(cfg) for k, cfg in configs.items() if cfg is not None}
 
     def _shard_params(self):
         """The params' shardings, from their abstract shapes: nothing is placed yet.
@@ -384,20 +400,26 @@ class TextToImage:
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
         self._params = None
 
+    def placed_masters(self):
+        """The loaded params on their shardings, as loaded (float32 masters): what a LoRA
+        is fused into before the weights are cast for sampling."""
+        _, params = self._abstract_and_params()
+        if any(p is None for p in params.values()):
+            raise ValueError(f"model {self.components.name!r} was built without params "
+                             "(configs only): it can be lowered and compiled, not run")
+        return jax.device_put(params, self.param_shardings)
+
     @property
     def params(self):
-        """The params on their shardings, placed on first use."""
+        """The params on their shardings in their inference dtypes, placed on first use."""
         if self._params is None:
-            _, params = self._abstract_and_params()
-            if any(p is None for p in params.values()):
-                raise ValueError(f"model {self.components.name!r} was built without params "
-                                 "(configs only): it can be lowered and compiled, not run")
-            self._params = jax.device_put(params, self.param_shardings)
+            self.params = self.placed_masters()
         return self._params
 
     @params.setter
     def params(self, value):
-        self._params = value
+        from diffjax.models.inference_dtypes import cast_for_inference
+        self._params = cast_for_inference(value, self._inference_dtypes())
 
     @property
     def image_inputs(self) -> tuple:
@@ -411,14 +433,18 @@ class TextToImage:
         return self._image_inputs
 
     def abstract_params(self):
-        """The params as ShapeDtypeStructs on their shardings (the loaded params' shapes and
-        dtypes, or the configs' where there are none): what `lower` takes."""
+        """The params as ShapeDtypeStructs on their shardings and in their inference
+        dtypes (the loaded params' shapes, or the configs' where there are none): what
+        `lower` takes."""
         boxed, params = self._abstract_and_params()
         import flax.linen as nn
+        from diffjax.models.inference_dtypes import stored_struct
         shapes = {k: p if p is not None else nn.meta.unbox(boxed[k])
                   for k, p in params.items()}
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s),
-                            shapes, self.param_shardings)
+        structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
+                                                                 sharding=s),
+                               shapes, self.param_shardings)
+        return jax.tree.map(stored_struct, structs, self._inference_dtypes())
 
     # -- the one jitted function -----------------------------------------------------------
     def encode_text(self, params, ids, clip_skip: int | None = None):
@@ -564,13 +590,14 @@ class TextToImage:
         if start is None:
             latents = continue_latents(lambda x, s, cd: denoise(x, s, *cd), image, seeds,
                                        spec.sampler, sigmas, cond,
-                                       dict(spec.sampler_options))
+                                       dict(spec.sampler_options), self._seed_axes())
         elif sigmas.shape[0] == 1:          # no step: the image (or x_T)
             latents = jnp.broadcast_to(init_latent, (seeds.shape[0], *shape))
         else:
             latents = sample(lambda x, s, cd: denoise(x, s, *cd), shape, seeds,
                              spec.sampler, sigmas, cond=cond,
-                             options=dict(spec.sampler_options), initial_state=start)
+                             options=dict(spec.sampler_options), initial_state=start,
+                             spmd_axis_name=self._seed_axes())
         if self.output == "latents":
             return latents
         images = decode(latents)
@@ -699,8 +726,23 @@ class TextToImage:
     def lower(self, batch_size: int | None = None, chunks: int = 0):
         """The sample program lowered from abstract params and inputs (`jax.stages.Lowered`):
         `.compile()` it, read `memory_analysis()` / `cost_analysis()`. Places nothing."""
-        return self._jitted.lower(self.abstract_params(),
-                                  *self.input_structs(batch_size, chunks))
+        params, inputs = self.abstract_params(), self.input_structs(batch_size, chunks)
+        with self._mesh_context():
+            return self._jitted.lower(params, *inputs)
+
+    def _mesh_context(self):
+        """`jax.set_mesh(self.mesh)` while a Pallas-attention job is traced: its kernel runs
+        under a `shard_map` that needs the mesh (XLA cannot partition a Mosaic kernel);
+        other jobs are traced as before."""
+        if self.spec.attention == "pallas":
+            return jax.set_mesh(self.mesh)
+        return contextlib.nullcontext()
+
+    def _seed_axes(self):
+        """The mesh axes the seed vmap is split over, for a Pallas job (the kernel's
+        `shard_map` then keeps each device's seeds local), else None."""
+        from diffjax import sharding
+        return sharding.DATA_AXES if self.spec.attention == "pallas" else None
 
     def _executable(self, chunks: int = 0):
         """The compiled program for plain ids (chunks 0) or for A1111-syntax ids of
@@ -974,7 +1016,8 @@ def split_index(sigmas, train_sigmas, fraction: float, num_train_timesteps: int)
     return int(np.sum(t >= cutoff - 1e-3))     # integer timesteps up to float32 rounding
 
 
-def continue_latents(denoise, latents, seeds, sampler: str, sigmas, cond, options):
+def continue_latents(denoise, latents, seeds, sampler: str, sigmas, cond, options,
+                     spmd_axis_name=None):
     """Run `sampler` over `sigmas` from given per-seed latents (a refiner after its base:
     diffusers adds no noise with denoising_start). Each seed's per-step noise comes from
     its own key, folded apart from the base's (`diffusion.sample.seed_keys`)."""
@@ -987,7 +1030,8 @@ def continue_latents(denoise, latents, seeds, sampler: str, sigmas, cond, option
         key = jax.random.fold_in(seed_keys(seed)[1], 1)
         return info.fn(lambda y, s: denoise(y, s, c), x, sigmas, key, **options)
 
-    return jax.vmap(one)(jnp.asarray(seeds, jnp.uint32), latents.astype(sigmas.dtype), cond)
+    return jax.vmap(one, spmd_axis_name=spmd_axis_name)(
+        jnp.asarray(seeds, jnp.uint32), latents.astype(sigmas.dtype), cond)
 
 
 def memory_plan(compiled) -> dict:
@@ -1044,7 +1088,7 @@ def fuse_loras(pipe, loras, allow_pickle: bool = False, ti_hashes=None):
     if loras:
         from diffjax.weights import lora
         deltas, base.lora_hashes = lora.load_loras(base.components, loras, allow_pickle)
-        base.params = lora.fuse_placed(base.params, deltas)
+        base.params = lora.fuse_placed(base.placed_masters(), deltas)
     return pipe
 
 

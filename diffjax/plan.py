@@ -175,9 +175,11 @@ def count_network_calls():
         yield calls
 
 
-def network_call_program(pipe, batch: int):
-    """One UNet call on `batch` rows (the guided batch) with the pipeline's shardings,
-    lowered from shapes: the piece the sampler's scan repeats."""
+def network_call_program(pipe, seeds: int, rows: int):
+    """One network call of the sampler's step, lowered from shapes with the pipeline's
+    shardings: the UNet on `rows` rows (2 with CFG) per seed, vmapped over `seeds` as the
+    sample program's scan runs it (split over the data axes the same way). The piece the
+    scan repeats."""
     from diffjax import sharding
     _, unet, _ = pipe._modules()   # noqa: SLF001 - the pipeline's own module choice
     uc = pipe.components.unet_config
@@ -186,22 +188,27 @@ def network_call_program(pipe, batch: int):
     params = pipe.abstract_params()["unet"]
     h, w, _ = pipe.latent_shape
     dtype = jnp.dtype(uc.dtype)
-    x = jax.ShapeDtypeStruct((batch, h, w, uc.in_channels), jnp.float32, sharding=sh(4))
-    t = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=sh(1))
-    ctx = jax.ShapeDtypeStruct((batch, pipe.tokenizer.max_length, uc.cross_attention_dim),
-                               dtype, sharding=sh(3))
+    x = jax.ShapeDtypeStruct((seeds, rows, h, w, uc.in_channels), jnp.float32,
+                             sharding=sh(5))
+    t = jax.ShapeDtypeStruct((seeds, rows), jnp.float32, sharding=sh(2))
+    ctx = jax.ShapeDtypeStruct((seeds, rows, pipe.tokenizer.max_length,
+                                uc.cross_attention_dim), dtype, sharding=sh(4))
     added = None
     if getattr(uc, "addition_embed_type", None) == "text_time":
         n_time = pipe.time_ids[0].shape[0]
         pooled = uc.projection_class_embeddings_input_dim - n_time * uc.addition_time_embed_dim
-        added = {"text_embeds": jax.ShapeDtypeStruct((batch, pooled), dtype, sharding=sh(2)),
-                 "time_ids": jax.ShapeDtypeStruct((batch, n_time), jnp.float32,
-                                                  sharding=sh(2))}
+        added = {"text_embeds": jax.ShapeDtypeStruct((seeds, rows, pooled), dtype,
+                                                     sharding=sh(3)),
+                 "time_ids": jax.ShapeDtypeStruct((seeds, rows, n_time), jnp.float32,
+                                                  sharding=sh(3))}
 
     def call(p, x, t, ctx, added):
-        kwargs = {} if added is None else {"added_cond": added}
-        return unet.apply({"params": p}, x, t, ctx, **kwargs)
-    return jax.jit(call).lower(params, x, t, ctx, added)
+        def one(x, t, ctx, added):
+            kwargs = {} if added is None else {"added_cond": added}
+            return unet.apply({"params": p}, x, t, ctx, **kwargs)
+        return jax.vmap(one, spmd_axis_name=pipe._seed_axes())(x, t, ctx, added)  # noqa: SLF001
+    with pipe._mesh_context():   # noqa: SLF001
+        return jax.jit(call).lower(params, x, t, ctx, added)
 
 
 def roofline_seconds(flops: float, bytes_accessed: float, chip: tpu.Chip, row: Row) -> float:
@@ -252,8 +259,8 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip) -
     flops, nbytes, seconds = whole["flops"], whole["bytes_accessed"], whole["seconds"]
     if repeats and row.fits:
         # traced inside the vmap over seeds: rows per seed (2 with CFG) x the batch
-        call_batch = (calls[0][0] if calls and calls[0] else 1) * row.batch_size
-        call = cost_of(network_call_program(pipe, call_batch).compile())
+        rows = calls[0][0] if calls and calls[0] else 1
+        call = cost_of(network_call_program(pipe, row.batch_size, rows).compile())
         if call["seconds"] <= 0 or seconds <= 0:   # no compiler figure: roofline for both
             row.estimate_source = "roofline"
             call["seconds"] = roofline_seconds(call["flops"], call["bytes_accessed"], chip,

@@ -29,13 +29,14 @@ GiB = 1 << 30
 
 
 def _pipeline(model, topology, mesh=(-1, 1, 1), batch=4, init=None, sampler="euler",
-              steps=2):
+              steps=2, attention="xla", size=None):
     from diffjax.pipeline import SampleSpec, TextToImage
     from diffjax.weights.components import preset_components
     tpu.quiet_libtpu()
-    comps = preset_components(model, dtype="bfloat16", attention="xla", weights=False)
+    comps = preset_components(model, dtype="bfloat16", attention=attention, weights=False)
+    sizes = {} if size is None else {"width": size, "height": size}
     spec = SampleSpec(sampler=sampler, steps=steps, batch_size=batch, dtype="bfloat16",
-                      attention="xla", mesh_shape=mesh)
+                      attention=attention, mesh_shape=mesh, **sizes)
     return TextToImage(comps, spec, devices=tpu.topology_devices(topology), init=init)
 
 
@@ -64,15 +65,21 @@ def test_topologies_and_chip_table():
 @needs_libtpu
 def test_tiny_programs_compile():
     """From abstract params, for a slice: text-to-image on a data mesh (v5e), on a sharded
-    fsdp x tensor mesh (v5p) and the UNet train step (v5e); the pipeline refuses to run
-    without params instead of placing anything. (One TPU compile of a tiny program costs
-    ~15 s of CPU here, the train step's ~65 s: the default run keeps these three.)"""
+    fsdp x tensor mesh (v5p) with the Pallas flash-attention kernel (64^2 pixels: a
+    32x32 latent, whose 1,024-token self-attention the kernel tiles; XLA cannot partition
+    a Mosaic kernel, so this compiles only through its shard_map) and the UNet train step
+    (v5e); the pipeline refuses to run without params instead of placing anything. (One
+    TPU compile of a tiny program costs ~15-40 s of CPU here, the train step's ~65 s: the
+    default run keeps these three.)"""
     v5e, v5p = TOPOLOGIES
     pipe = _pipeline("tiny", v5e)
     _compiled_fits(pipe.lower().compile(), v5e)
     with pytest.raises(ValueError, match="built without params"):
         pipe.params
-    _compiled_fits(_pipeline("tiny", v5p, mesh=(1, 2, 2), batch=2).lower().compile(), v5p)
+    sharded = _pipeline("tiny", v5p, mesh=(1, 2, 2), batch=2, attention="pallas", size=64)
+    lowered = sharded.lower()
+    assert lowered.as_text().count("tpu_custom_call") >= 2      # the kernel is in there
+    _compiled_fits(lowered.compile(), v5p)
     _compiled_fits(_train_step("tiny", v5e, (2, 2, 1), batch=4, resolution=32), v5e)
 
 
@@ -174,3 +181,29 @@ def test_pallas_flash_attention_matches_xla_in_interpret_mode():
         odd = attention(q, k[:, :77], v[:, :77], impl="pallas")
     np.testing.assert_allclose(out, attention(q, k, v, impl="xla"), atol=1e-5, rtol=0)
     np.testing.assert_array_equal(odd, attention(q, k[:, :77], v[:, :77], impl="xla"))
+
+
+def test_pallas_attention_under_a_mesh_matches_xla():
+    """Under a mesh (`jax.set_mesh`, as the pipeline traces a pallas job) the kernel runs in
+    a `shard_map`: heads split over "tensor", the seed vmap's axis over the data axes
+    (`spmd_axis_name`). On this machine's 8 CPU devices as a 2x2x2 mesh, in Pallas' TPU
+    interpreter, it equals XLA's path (tolerance as above), and the program holds one
+    shard_map per kernel call."""
+    import jax
+    from jax.experimental.pallas import tpu as pltpu
+
+    from diffjax import sharding
+    from diffjax.models.attention import attention
+    mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
+    ks = jax.random.split(jax.random.key(1), 3)
+    q, k, v = (jax.random.normal(key, (4, 2, 128, 4, 32)) for key in ks)   # seeds, rows
+
+    def per_seed(impl):
+        return jax.vmap(lambda q, k, v: attention(q, k, v, impl=impl),
+                        spmd_axis_name=sharding.DATA_AXES)
+    with pltpu.force_tpu_interpret_mode(), jax.set_mesh(mesh):
+        fn = jax.jit(per_seed("pallas"))
+        assert "shard_map" in str(jax.make_jaxpr(per_seed("pallas"))(q, k, v))
+        out = fn(q, k, v)
+    np.testing.assert_allclose(out, jax.vmap(lambda q, k, v: attention(q, k, v, impl="xla"))(
+        q, k, v), atol=1e-5, rtol=0)

@@ -15,6 +15,7 @@ starts where text-to-image does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +88,7 @@ def _first_step_eta(name, info, options) -> float:
 
 
 def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=None,
-           init_scale: str = "ve", initial_state=None):
+           init_scale: str = "ve", initial_state=None, spmd_axis_name=None):
     """Samples [len(seeds), *shape], one per seed, each from its own key.
 
     denoise: `denoise(x, sigma)`, or `denoise(x, sigma, cond_i)` when `cond` (a pytree with
@@ -101,6 +102,9 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
     initial_state: how each seed's run starts and ends, given the seed's N(0, I) noise:
       `x_T(noise, sigma_max)`, `denoiser(denoise, noise)` (a per-seed wrapper),
       `final(x)`. Default `FromNoise(init_scale)`.
+    spmd_axis_name: the mesh axes the seeds are split over (`jax.vmap`'s), for programs
+      traced under `jax.set_mesh`: a `shard_map` inside the network (the Pallas attention
+      kernel) then splits the seed axis over them instead of gathering it.
     """
     options = dict(options or {})
     info = get_sampler(sampler)
@@ -118,6 +122,7 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
                              f"on every leaf, got leading shapes {sorted(lead)}")
 
     pure_noise = _starts_at_infinity(sigmas)
+    vmap = functools.partial(jax.vmap, spmd_axis_name=spmd_axis_name)
 
     def one(seed, c):
         noise_key, key = seed_keys(seed)
@@ -140,8 +145,8 @@ def sample(denoise, shape, seeds, sampler: str, sigmas, *, cond=None, options=No
         twice = lambda a: jnp.concatenate([a, a])  # noqa: E731
         seeds = twice(seeds)
         cond = None if cond is None else jax.tree.map(twice, cond)
-        return (jax.vmap(lambda s: one(s, None))(seeds) if cond is None
-                else jax.vmap(one)(seeds, cond))[:1]
+        return (vmap(lambda s: one(s, None))(seeds) if cond is None
+                else vmap(one)(seeds, cond))[:1]
     if cond is None:
-        return jax.vmap(lambda s: one(s, None))(seeds)
-    return jax.vmap(one)(seeds, cond)
+        return vmap(lambda s: one(s, None))(seeds)
+    return vmap(one)(seeds, cond)

@@ -8,6 +8,7 @@ fastest on CPU). "auto" chooses per backend.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -103,17 +104,38 @@ def _pallas_attention(q, k, v, mask, scale):
     cross-attention's 77 keys, 8x8 latents) or there is a mask, XLA's path runs instead.
     Softmax statistics are float32 in the kernel, as in `_xla_attention`. It compiles for
     TPU; elsewhere only inside `jax.experimental.pallas.tpu.force_tpu_interpret_mode()`.
-    Limitation: Mosaic kernels are not partitioned by XLA, so a program whose activations
-    are sharded over several devices refuses to compile ("wrap the call in a shard_map");
-    single-device programs (one chip's share of a data-parallel job) compile."""
+
+    XLA cannot partition a Mosaic kernel, so where a mesh is in context (`jax.set_mesh`,
+    as the pipeline traces a pallas job) the kernel runs under `shard_map`: heads split
+    over the mesh's "tensor" axis where it divides them, every other dim whole per
+    device. The batch is split by the caller's `vmap(..., spmd_axis_name=<data axes>)`
+    over seeds (`diffusion.sample.sample`), which shards the vmapped dim inside the map;
+    outside such a vmap every device computes the whole batch's attention."""
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
     bq, bk = _pallas_block(q.shape[1]), _pallas_block(k.shape[1])
     if mask is not None or not bq or not bk:
         return _xla_attention(q, k, v, mask, scale)
     blocks = fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1)
-    out = fa.flash_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)),
-                             sm_scale=scale, block_sizes=blocks)
-    return out.transpose(0, 2, 1, 3).astype(v.dtype)
+
+    def kernel(q, k, v):
+        # Half-precision operands go to the MXU as they are: a process-wide "highest"
+        # matmul precision (JAX_DEFAULT_MATMUL_PRECISION) makes Mosaic refuse the
+        # kernel's bf16 dots ("Bad lhs type"); float32 keeps the ambient precision.
+        half = jnp.dtype(q.dtype).itemsize < 4
+        with jax.default_matmul_precision("default") if half else contextlib.nullcontext():
+            out = fa.flash_attention(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)),
+                                     sm_scale=scale, block_sizes=blocks)
+        return out.transpose(0, 2, 1, 3).astype(v.dtype)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v)
+    from jax.sharding import PartitionSpec as P
+    tensor = dict(mesh.shape).get("tensor", 1)
+    heads = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 else None
+    spec = P(None, None, heads, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                         check_vma=False)(q, k, v)
 
 
 def resolve_attention_impl(impl: str) -> str:
