@@ -8,8 +8,10 @@ client has no memory) and compiled for the slice's devices. What comes back:
   program code) against the chip's HBM; a candidate that does not fit either exceeds
   that or fails to compile (the TPU compiler refuses programs that cannot fit);
 - flops and bytes accessed per device and the TPU compiler's own time estimate
-  (`cost_analysis()["optimal_seconds"]`), from which images/s per chip and a FLOP
-  utilisation against the chip's peak follow. These are the COMPILER'S ESTIMATES, never
+  (`cost_analysis()["optimal_seconds"]`), or where it has none (negative for SD-size
+  programs in libtpu 0.0.42) a per-op roofline of the compiled program
+  (`diffjax.hlo_roofline`), from which images/s per chip and a FLOP utilisation against
+  the chip's peak follow. These are ESTIMATES from the compiler's output, never
   measurements, and are labelled so in every output.
 
 The cost analysis of a program counts a loop's body once, whatever its trip count. A
@@ -41,7 +43,7 @@ from diffjax import tpu
 from diffjax.spec import ConfigError
 
 ESTIMATE_LABEL = ("compiler estimate (the TPU compiler's cost analysis: its optimal_seconds, "
-                  "or the roofline of its flops and bytes), not a measurement")
+                  "or a per-op roofline of the compiled program), not a measurement")
 MESH_KINDS = ("data", "fsdp", "tensor")
 
 
@@ -80,6 +82,9 @@ class Row:
     flops: float = 0.0                # per device, per batch (loops counted in full)
     bytes_accessed: float = 0.0       # per device, per batch
     estimate_seconds: float = 0.0     # per batch (compiler estimate)
+    # per-op roofline with every async copy waited for (the pessimistic end of the range)
+    serial_seconds: float = 0.0
+    flop_utilisation_serial: float = 0.0
     images_per_s_per_chip: float = 0.0
     flop_utilisation: float = 0.0     # flops / (estimate_seconds x peak per device)
     compile_seconds: float = 0.0      # wall time of this machine's compiles
@@ -87,8 +92,9 @@ class Row:
     network_flops: float = 0.0
     network_seconds: float = 0.0
     network_utilisation: float = 0.0
-    # "compiler": the TPU compiler's optimal_seconds; "roofline": max(flops / peak,
-    # bytes / HBM bandwidth) from its cost analysis, where optimal_seconds is negative
+    # "compiler": the TPU compiler's optimal_seconds; "per-op roofline": the sum over the
+    # compiled program's ops of max(flops / peak, HBM bytes / bandwidth)
+    # (diffjax.hlo_roofline), where optimal_seconds is negative
     estimate_source: str = "compiler"
     notes: str = ""
 
@@ -211,25 +217,49 @@ def network_call_program(pipe, seeds: int, rows: int):
         return jax.jit(call).lower(params, x, t, ctx, added)
 
 
-def roofline_seconds(flops: float, bytes_accessed: float, chip: tpu.Chip, row: Row) -> float:
-    """max(flops / peak, bytes / HBM bandwidth) per device: the bound the cost analysis'
-    own counts imply, used where the TPU compiler's `optimal_seconds` is missing or negative
-    (libtpu 0.0.42 returns a negative figure for SD-size UNets)."""
+def device_peak(chip: tpu.Chip, row: Row) -> tuple[float, float]:
+    """(peak bf16 FLOP/s, HBM bytes/s) of one device of the slice (a v4 device is half a
+    chip)."""
     share = row.chips / row.devices
-    return max(flops / (chip.peak_bf16_flops * share),
-               bytes_accessed / (chip.hbm_bytes_per_s * share))
+    return chip.peak_bf16_flops * share, chip.hbm_bytes_per_s * share
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, chip: tpu.Chip, row: Row) -> float:
+    """max(flops / peak, bytes / HBM bandwidth) per device: the whole program's roofline,
+    a lower bound on its time (every byte moving while the MXU is busy)."""
+    peak, bandwidth = device_peak(chip, row)
+    return max(flops / peak, bytes_accessed / bandwidth)
+
+
+def program_estimate(compiled, chip: tpu.Chip, row: Row) -> dict:
+    """flops, bytes and seconds of one run of a compiled program, per device, and where
+    the seconds come from: the TPU compiler's `optimal_seconds` where it gives one
+    ("compiler"), else the per-op roofline of the program's HLO (`diffjax.hlo_roofline`,
+    "per-op roofline"; libtpu 0.0.42 returns negative seconds for SD-size programs).
+    `bound_seconds` is the whole-program roofline beside it."""
+    from diffjax.hlo_roofline import Roofline
+    cost = cost_of(compiled)
+    cost["bound_seconds"] = roofline_seconds(cost["flops"], cost["bytes_accessed"], chip, row)
+    if cost["seconds"] > 0:
+        cost["source"], cost["serial_seconds"] = "compiler", cost["seconds"]
+        return cost
+    peak, bandwidth = device_peak(chip, row)
+    summary = Roofline(compiled.as_text(), peak, bandwidth).summary()
+    cost["seconds"], cost["serial_seconds"] = summary["seconds"], summary["serial_seconds"]
+    cost["source"] = "per-op roofline"
+    return cost
 
 
 def _estimate(row: Row, chip: tpu.Chip, flops: float, bytes_accessed: float,
-              seconds: float) -> None:
-    if seconds <= 0 and flops > 0:
-        seconds = roofline_seconds(flops, bytes_accessed, chip, row)
-        row.estimate_source = "roofline"
+              seconds: float, source: str, serial_seconds: float = 0.0) -> None:
     row.flops, row.bytes_accessed, row.estimate_seconds = flops, bytes_accessed, seconds
+    row.serial_seconds = serial_seconds or seconds
+    row.estimate_source = source
     if seconds > 0:
-        peak_per_device = chip.peak_bf16_flops * row.chips / row.devices
+        peak, _ = device_peak(chip, row)
         row.images_per_s_per_chip = row.batch_size / seconds / row.chips
-        row.flop_utilisation = flops / (seconds * peak_per_device)
+        row.flop_utilisation = flops / (seconds * peak)
+        row.flop_utilisation_serial = flops / (row.serial_seconds * peak)
 
 
 def _fit(row: Row, compiled) -> None:
@@ -253,27 +283,26 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip) -
         row.compile_seconds = time.perf_counter() - t0
         return row
     _fit(row, compiled)
-    whole = cost_of(compiled)
+    whole = program_estimate(compiled, chip, row)
     nfe = get_sampler(spec.sampler).nfe(spec.steps)
     repeats = max(nfe - len(calls), 0)
     flops, nbytes, seconds = whole["flops"], whole["bytes_accessed"], whole["seconds"]
+    serial = whole["serial_seconds"]
+    sources = {whole["source"]}
     if repeats and row.fits:
         # traced inside the vmap over seeds: rows per seed (2 with CFG) x the batch
         rows = calls[0][0] if calls and calls[0] else 1
-        call = cost_of(network_call_program(pipe, row.batch_size, rows).compile())
-        if call["seconds"] <= 0 or seconds <= 0:   # no compiler figure: roofline for both
-            row.estimate_source = "roofline"
-            call["seconds"] = roofline_seconds(call["flops"], call["bytes_accessed"], chip,
-                                               row)
-            seconds = roofline_seconds(flops, nbytes, chip, row)
+        call = program_estimate(network_call_program(pipe, row.batch_size, rows).compile(),
+                                chip, row)
+        sources.add(call["source"])
         row.network_flops, row.network_seconds = call["flops"], call["seconds"]
-        row.network_utilisation = call["flops"] / (
-            call["seconds"] * chip.peak_bf16_flops * row.chips / row.devices)
+        row.network_utilisation = call["flops"] / (call["seconds"] * device_peak(chip, row)[0])
         flops += repeats * call["flops"]
         nbytes += repeats * call["bytes_accessed"]
         seconds += repeats * call["seconds"]
+        serial += repeats * call["serial_seconds"]
     row.compile_seconds = time.perf_counter() - t0
-    _estimate(row, chip, flops, nbytes, seconds)
+    _estimate(row, chip, flops, nbytes, seconds, " + ".join(sorted(sources)), serial)
     return row
 
 
@@ -290,9 +319,10 @@ def plan_train_candidate(run, components, row: Row, devices, chip: tpu.Chip) -> 
         row.compile_seconds = time.perf_counter() - t0
         return row
     _fit(row, compiled)
-    cost = cost_of(compiled)
+    cost = program_estimate(compiled, chip, row)
     row.compile_seconds = time.perf_counter() - t0
-    _estimate(row, chip, cost["flops"], cost["bytes_accessed"], cost["seconds"])
+    _estimate(row, chip, cost["flops"], cost["bytes_accessed"], cost["seconds"],
+              cost["source"], cost["serial_seconds"])
     return row
 
 
@@ -336,7 +366,8 @@ def progress_line(row: Row) -> str:
         return f"does not compile ({row.error}) [{row.compile_seconds:.0f} s]"
     est = (f", estimate {row.estimate_seconds:.3g} s/batch, "
            f"{row.images_per_s_per_chip:.3g} img/s/chip, "
-           f"{100 * row.flop_utilisation:.0f}% of peak" if row.estimate_seconds > 0 else "")
+           f"{_utilisation(dataclasses.asdict(row))} of peak"
+           if row.estimate_seconds > 0 else "")
     return (f"{row.status}: {row.memory_bytes / tpu.GiB:.2f} of {row.hbm_bytes / tpu.GiB:.0f} "
             f"GiB per device{est} [compiled in {row.compile_seconds:.0f} s]")
 
@@ -376,7 +407,9 @@ def markdown(result: dict) -> str:
     lines = [f"# diffjax plan: {result['kind']} `{result['model']}`"
              + (f", {steps} steps" if steps and result["kind"] == "sample" else ""), "",
              f"Time, images/s and utilisation are the **{ESTIMATE_LABEL}**. Memory is "
-             "XLA's plan per device (arguments + outputs - donated + temporaries + code).",
+             "XLA's plan per device (arguments + outputs - donated + temporaries + code). "
+             "A per-op roofline is an optimistic bound (each op at its own peak); where it "
+             "gives a range (a-b%), a waits for every async copy and b overlaps them.",
              "",
              "| topology | mesh (d,f,t) | batch | status | memory / device | HBM / device "
              "| TFLOP / device | GB accessed / device | est. s / batch | est. img/s / chip "
@@ -391,8 +424,8 @@ def markdown(result: dict) -> str:
             f"{status} | {mem} | {r['hbm_bytes'] / gib:.0f} GiB | "
             f"{r['flops'] / 1e12:.2f} | {r['bytes_accessed'] / 1e9:.1f} | "
             f"{r['estimate_seconds']:.3g} ({r['estimate_source']}) | "
-            + (f"{r['images_per_s_per_chip']:.3g} | {100 * r['flop_utilisation']:.0f}% | "
-               if est else "- | - | ")
+            + (f"{r['images_per_s_per_chip']:.3g} | {_utilisation(r)} | " if est
+               else "- | - | ")
             + f"{r['compile_seconds']:.0f} |")
     lines.append("")
     for topology, index in result["recommended"].items():
@@ -404,8 +437,15 @@ def markdown(result: dict) -> str:
             f"- **{topology}**: recommended mesh {','.join(map(str, r['mesh']))}, batch "
             f"{r['batch_size']}: {r['memory_bytes'] / gib:.2f} of {r['hbm_bytes'] / gib:.0f} "
             f"GiB per device, {r['images_per_s_per_chip']:.3g} images/s per chip and "
-            f"{100 * r['flop_utilisation']:.0f}% FLOP utilisation ({ESTIMATE_LABEL}).")
+            f"{_utilisation(r)} FLOP utilisation ({ESTIMATE_LABEL}).")
     return "\n".join(lines) + "\n"
+
+
+def _utilisation(r: dict) -> str:
+    """"97%", or where async copies make a range, "54-97%" (copies waited for - copies
+    overlapped)."""
+    hi, lo = 100 * r["flop_utilisation"], 100 * r.get("flop_utilisation_serial", 0.0)
+    return f"{hi:.0f}%" if not lo or round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}%"
 
 
 def to_json(result: dict) -> str:

@@ -31,19 +31,20 @@ def _plan(tmp_path, *args):
     return json.loads((out / "plan.json").read_text()), proc.stdout, proc.stderr
 
 
-def test_roofline_fallback_per_device():
-    """Where the compiler's optimal_seconds is negative (SD-size programs, libtpu 0.0.42),
-    the estimate is max(flops / peak, bytes / HBM bandwidth) per device: SD1.5's UNet call
-    on v5e (1.665 TFLOP, 50.5 GB) is bandwidth-bound at 61.7 ms, 13.7% of peak; a v4
-    device is half a chip."""
+def test_estimate_per_device():
+    """Utilisation is flops / (seconds x one device's peak) and images/s counts chips; a v4
+    device is half a chip (its peak and bandwidth halve). SD1.5's XLA-attention UNet call
+    on v5e (1.665 TFLOP, 50.5 GB) has a whole-program roofline of 61.7 ms."""
     from diffjax import plan
     row = plan.Row("v5e:2x2", "v5e", 4, 4, (4, 1, 1), 4, "fits")
-    plan._estimate(row, tpu.CHIPS["v5e"], 1.665e12, 50.5e9, -190.0)
-    assert row.estimate_source == "roofline"
-    assert row.estimate_seconds == pytest.approx(50.5e9 / 819e9)
-    assert row.flop_utilisation == pytest.approx(1.665e12 / 197e12 / (50.5e9 / 819e9))
-    assert row.images_per_s_per_chip == pytest.approx(1 / row.estimate_seconds)
+    plan._estimate(row, tpu.CHIPS["v5e"], 1.665e12, 50.5e9, 0.02, "per-op roofline")
+    assert row.estimate_source == "per-op roofline"
+    assert row.flop_utilisation == pytest.approx(1.665e12 / 197e12 / 0.02)
+    assert row.images_per_s_per_chip == pytest.approx(4 / 0.02 / 4)
+    assert plan.roofline_seconds(1.665e12, 50.5e9, tpu.CHIPS["v5e"], row) == \
+        pytest.approx(50.5e9 / 819e9)
     v4 = plan.Row("v4:2x2x1", "v4", 8, 4, (8, 1, 1), 8, "fits")
+    assert plan.device_peak(tpu.CHIPS["v4"], v4) == (275e12 / 2, 1228e9 / 2)
     assert plan.roofline_seconds(275e12, 0, tpu.CHIPS["v4"], v4) == pytest.approx(2.0)
 
 
