@@ -400,20 +400,27 @@ class TextToImage:
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
         self._params = None
 
-    def placed_masters(self):
-        """The loaded params on their shardings, as loaded (float32 masters): what a LoRA
-        is fused into before the weights are cast for sampling."""
+    def _loaded_params(self):
         _, params = self._abstract_and_params()
         if any(p is None for p in params.values()):
             raise ValueError(f"model {self.components.name!r} was built without params "
                              "(configs only): it can be lowered and compiled, not run")
-        return jax.device_put(params, self.param_shardings)
+        return params
+
+    def placed_masters(self):
+        """The loaded params on their shardings, as loaded (float32 masters): what a LoRA
+        is fused into before the weights are cast for sampling."""
+        return jax.device_put(self._loaded_params(), self.param_shardings)
 
     @property
     def params(self):
-        """The params on their shardings in their inference dtypes, placed on first use."""
+        """The params on their shardings in their inference dtypes, placed on first use
+        (cast before they are placed: the float32 masters never occupy the devices)."""
         if self._params is None:
-            self.params = self.placed_masters()
+            from diffjax.models.inference_dtypes import cast_for_inference
+            self._params = jax.device_put(
+                cast_for_inference(self._loaded_params(), self._inference_dtypes()),
+                self.param_shardings)
         return self._params
 
     @params.setter
