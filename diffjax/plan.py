@@ -91,6 +91,7 @@ class Row:
     # sample jobs: one guided network call (the sampler's step) on its own
     network_flops: float = 0.0
     network_seconds: float = 0.0
+    network_serial_seconds: float = 0.0
     network_utilisation: float = 0.0
     # "compiler": the TPU compiler's optimal_seconds; "per-op roofline": the sum over the
     # compiled program's ops of max(flops / peak, HBM bytes / bandwidth)
@@ -247,6 +248,10 @@ def program_estimate(compiled, chip: tpu.Chip, row: Row) -> dict:
     summary = Roofline(compiled.as_text(), peak, bandwidth).summary()
     cost["seconds"], cost["serial_seconds"] = summary["seconds"], summary["serial_seconds"]
     cost["source"] = "per-op roofline"
+    # The roofline's own matmul count, which its seconds are made of: XLA's cost analysis
+    # counts a vmapped SD1.5 UNet call with one seed per chip at half its convolutions'
+    # work (0.91 TFLOP for 2 rows, 1.6 analytically).
+    cost["xla_flops"], cost["flops"] = cost["flops"], summary["matmul_flops"]
     return cost
 
 
@@ -268,7 +273,8 @@ def _fit(row: Row, compiled) -> None:
     row.status = "fits" if row.memory_bytes <= row.hbm_bytes else "exceeds HBM"
 
 
-def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip) -> Row:
+def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip,
+                          progress=lambda message: None) -> Row:
     """Compile a sample job's program (and its network call) for one candidate."""
     from diffjax.diffusion.samplers import get_sampler
     from diffjax.pipeline import TextToImage
@@ -292,10 +298,13 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip) -
     if repeats and row.fits:
         # traced inside the vmap over seeds: rows per seed (2 with CFG) x the batch
         rows = calls[0][0] if calls and calls[0] else 1
+        progress(f"    sample program compiled ({time.perf_counter() - t0:.0f} s); "
+                 "compiling the network call its scan repeats ...")
         call = program_estimate(network_call_program(pipe, row.batch_size, rows).compile(),
                                 chip, row)
         sources.add(call["source"])
         row.network_flops, row.network_seconds = call["flops"], call["seconds"]
+        row.network_serial_seconds = call["serial_seconds"]
         row.network_utilisation = call["flops"] / (call["seconds"] * device_peak(chip, row)[0])
         flops += repeats * call["flops"]
         nbytes += repeats * call["bytes_accessed"]
@@ -327,9 +336,11 @@ def plan_train_candidate(run, components, row: Row, devices, chip: tpu.Chip) -> 
 
 
 # ----------------------------------------------------------------------------------------
-def run_plan(job, plan: PlanSpec, progress=print) -> dict:
+def run_plan(job, plan: PlanSpec, progress=print, on_row=lambda result: None) -> dict:
     """Sweep `plan` for `job`: ("sample", components, SampleSpec) or ("train", components,
-    UNetRun). Returns the result as plain data (rows, recommendations, labels)."""
+    UNetRun). Returns the result as plain data (rows, recommendations, labels);
+    `on_row(result so far)` after every candidate (a sweep takes minutes per candidate:
+    what is done is kept if it stops)."""
     kind, components, spec = job
     rows: list[Row] = []
     for topology in plan.topologies:
@@ -349,13 +360,14 @@ def run_plan(job, plan: PlanSpec, progress=print) -> dict:
                          "compiling ...")
                 if kind == "sample":
                     s = dataclasses.replace(spec, batch_size=b, mesh_shape=shape)
-                    plan_sample_candidate(components, s, row, devices, chip)
+                    plan_sample_candidate(components, s, row, devices, chip, progress)
                 else:
                     r = dataclasses.replace(spec, data=dataclasses.replace(spec.data,
                                                                            batch_size=b))
                     plan_train_candidate(r, components, row, devices, chip)
                 rows.append(row)
                 progress("    " + progress_line(row))
+                on_row(result_dict(kind, components, spec, plan, rows))
                 if not row.fits:
                     break
     return result_dict(kind, components, spec, plan, rows)

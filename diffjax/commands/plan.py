@@ -71,11 +71,14 @@ def run(args) -> int:
             tpu.topology_devices(t)
         except tpu.TopologyError as e:
             raise ConfigError(str(e)) from None
-    result = plan.run_plan(job, spec, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    text = plan.markdown(result)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write(os.path.join(args.out, "plan.json"), plan.to_json(result))
-        atomic_write(os.path.join(args.out, "plan.md"), text)
-    print(text)
+    def save(result):
+        """plan.json and plan.md as they stand (after every candidate, and at the end)."""
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            atomic_write(os.path.join(args.out, "plan.json"), plan.to_json(result))
+            atomic_write(os.path.join(args.out, "plan.md"), plan.markdown(result))
+    result = plan.run_plan(job, spec, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                           on_row=save)
+    save(result)
+    print(plan.markdown(result))
     return 0
