@@ -236,11 +236,9 @@ def program_estimate(compiled, chip: tpu.Chip, row: Row) -> dict:
     """flops, bytes and seconds of one run of a compiled program, per device, and where
     the seconds come from: the TPU compiler's `optimal_seconds` where it gives one
     ("compiler"), else the per-op roofline of the program's HLO (`diffjax.hlo_roofline`,
-    "per-op roofline"; libtpu 0.0.42 returns negative seconds for SD-size programs).
-    `bound_seconds` is the whole-program roofline beside it."""
+    "per-op roofline"; libtpu 0.0.42 returns negative seconds for SD-size programs)."""
     from diffjax.hlo_roofline import Roofline
     cost = cost_of(compiled)
-    cost["bound_seconds"] = roofline_seconds(cost["flops"], cost["bytes_accessed"], chip, row)
     if cost["seconds"] > 0:
         cost["source"], cost["serial_seconds"] = "compiler", cost["seconds"]
         return cost
