@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Lazy so that `import diffjax` stays light (no jax/flax import until needed).
     if name == "load_pipeline":
-        from diffjax.pipeline import load_pipeline
+        from diffjax.pipeline_loading import load_pipeline
         return load_pipeline
     raise AttributeError(f"module 'diffjax' has no attribute {name!r}")

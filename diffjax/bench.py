@@ -88,7 +88,8 @@ _STARTUP_SCRIPT = """
 import sys, time
 t0 = time.perf_counter()
 from diffjax.weights.load import load
-from diffjax.pipeline import SampleSpec, TextToImage, enable_compilation_cache
+from diffjax.pipeline import TextToImage, enable_compilation_cache
+from diffjax.sample_spec import SampleSpec
 enable_compilation_cache(sys.argv[1])
 import jax
 comps = load(sys.argv[2], sys.argv[3], sys.argv[4])
@@ -269,7 +270,8 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
     import jax.numpy as jnp
 
     from diffjax.diffusion.samplers import get_sampler
-    from diffjax.pipeline import SampleSpec, TextToImage, memory_plan
+    from diffjax.pipeline import TextToImage, memory_plan
+    from diffjax.sample_spec import SampleSpec
     pipe = TextToImage(comps, SampleSpec(sampler=spec.sampler, steps=spec.steps,
                                          batch_size=b, height=spec.height,
                                          width=spec.width, dtype=spec.dtype,

@@ -97,6 +97,9 @@ class Row:
     # compiled program's ops of max(flops / peak, HBM bytes / bandwidth)
     # (diffjax.hlo_roofline), where optimal_seconds is negative
     estimate_source: str = "compiler"
+    # per batch: the per-op roofline (copies overlapped) whatever the source, so a
+    # compiler estimate can be compared with it
+    roofline_seconds: float = 0.0
     notes: str = ""
 
     @property
@@ -225,38 +228,37 @@ def device_peak(chip: tpu.Chip, row: Row) -> tuple[float, float]:
     return chip.peak_bf16_flops * share, chip.hbm_bytes_per_s * share
 
 
-def roofline_seconds(flops: float, bytes_accessed: float, chip: tpu.Chip, row: Row) -> float:
-    """max(flops / peak, bytes / HBM bandwidth) per device: the whole program's roofline,
-    a lower bound on its time (every byte moving while the MXU is busy)."""
-    peak, bandwidth = device_peak(chip, row)
-    return max(flops / peak, bytes_accessed / bandwidth)
-
-
 def program_estimate(compiled, chip: tpu.Chip, row: Row) -> dict:
     """flops, bytes and seconds of one run of a compiled program, per device, and where
     the seconds come from: the TPU compiler's `optimal_seconds` where it gives one
     ("compiler"), else the per-op roofline of the program's HLO (`diffjax.hlo_roofline`,
-    "per-op roofline"; libtpu 0.0.42 returns negative seconds for SD-size programs)."""
+    "per-op roofline"; libtpu 0.0.42 returns negative seconds for SD-size programs on
+    v5e and v6e). The roofline's seconds are kept in either case ("roofline_seconds").
+
+    flops are the roofline's count of the program's matmul work (checked against analytic
+    counts), XLA's cost-analysis count is kept as "xla_flops": it counts a vmapped SD1.5
+    UNet call with one seed per chip at half its convolutions' work (0.91 TFLOP for 2
+    rows, 1.6 analytically), on v5e and v5p alike."""
     from diffjax.hlo_roofline import Roofline
     cost = cost_of(compiled)
-    if cost["seconds"] > 0:
-        cost["source"], cost["serial_seconds"] = "compiler", cost["seconds"]
-        return cost
     peak, bandwidth = device_peak(chip, row)
     summary = Roofline(compiled.as_text(), peak, bandwidth).summary()
-    cost["seconds"], cost["serial_seconds"] = summary["seconds"], summary["serial_seconds"]
-    cost["source"] = "per-op roofline"
-    # The roofline's own matmul count, which its seconds are made of: XLA's cost analysis
-    # counts a vmapped SD1.5 UNet call with one seed per chip at half its convolutions'
-    # work (0.91 TFLOP for 2 rows, 1.6 analytically).
     cost["xla_flops"], cost["flops"] = cost["flops"], summary["matmul_flops"]
+    cost["roofline_seconds"] = summary["seconds"]
+    if cost["seconds"] > 0:
+        cost["source"], cost["serial_seconds"] = "compiler", cost["seconds"]
+    else:
+        cost["seconds"], cost["serial_seconds"] = summary["seconds"], summary["serial_seconds"]
+        cost["source"] = "per-op roofline"
     return cost
 
 
 def _estimate(row: Row, chip: tpu.Chip, flops: float, bytes_accessed: float,
-              seconds: float, source: str, serial_seconds: float = 0.0) -> None:
+              seconds: float, source: str, serial_seconds: float = 0.0,
+              roofline_seconds: float = 0.0) -> None:
     row.flops, row.bytes_accessed, row.estimate_seconds = flops, bytes_accessed, seconds
     row.serial_seconds = serial_seconds or seconds
+    row.roofline_seconds = roofline_seconds
     row.estimate_source = source
     if seconds > 0:
         peak, _ = device_peak(chip, row)
@@ -291,7 +293,7 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip,
     nfe = get_sampler(spec.sampler).nfe(spec.steps)
     repeats = max(nfe - len(calls), 0)
     flops, nbytes, seconds = whole["flops"], whole["bytes_accessed"], whole["seconds"]
-    serial = whole["serial_seconds"]
+    serial, roofline = whole["serial_seconds"], whole["roofline_seconds"]
     sources = {whole["source"]}
     if repeats and row.fits:
         # traced inside the vmap over seeds: rows per seed (2 with CFG) x the batch
@@ -308,8 +310,10 @@ def plan_sample_candidate(components, spec, row: Row, devices, chip: tpu.Chip,
         nbytes += repeats * call["bytes_accessed"]
         seconds += repeats * call["seconds"]
         serial += repeats * call["serial_seconds"]
+        roofline += repeats * call["roofline_seconds"]
     row.compile_seconds = time.perf_counter() - t0
-    _estimate(row, chip, flops, nbytes, seconds, " + ".join(sorted(sources)), serial)
+    _estimate(row, chip, flops, nbytes, seconds, " + ".join(sorted(sources)), serial,
+              roofline)
     return row
 
 
@@ -329,7 +333,7 @@ def plan_train_candidate(run, components, row: Row, devices, chip: tpu.Chip) -> 
     cost = program_estimate(compiled, chip, row)
     row.compile_seconds = time.perf_counter() - t0
     _estimate(row, chip, cost["flops"], cost["bytes_accessed"], cost["seconds"],
-              cost["source"], cost["serial_seconds"])
+              cost["source"], cost["serial_seconds"], cost["roofline_seconds"])
     return row
 
 
@@ -433,7 +437,7 @@ def markdown(result: dict) -> str:
             f"| {r['topology']} | {','.join(map(str, r['mesh']))} | {r['batch_size']} | "
             f"{status} | {mem} | {r['hbm_bytes'] / gib:.0f} GiB | "
             f"{r['flops'] / 1e12:.2f} | {r['bytes_accessed'] / 1e9:.1f} | "
-            f"{r['estimate_seconds']:.3g} ({r['estimate_source']}) | "
+            f"{r['estimate_seconds']:.3g} ({_source(r)}) | "
             + (f"{r['images_per_s_per_chip']:.3g} | {_utilisation(r)} | " if est
                else "- | - | ")
             + f"{r['compile_seconds']:.0f} |")
@@ -458,6 +462,15 @@ def _utilisation(r: dict) -> str:
     return f"{hi:.0f}%" if not lo or round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}%"
 
 
+def _source(r: dict) -> str:
+    """Where a row's seconds come from, with the per-op roofline beside a compiler
+    estimate ("compiler; roofline 0.28")."""
+    src, roofline = r["estimate_source"], r.get("roofline_seconds", 0.0)
+    if "compiler" in src and roofline > 0:
+        return f"{src}; roofline {roofline:.3g}"
+    return src
+
+
 def to_json(result: dict) -> str:
     return json.dumps(result, indent=2, default=str)
 
@@ -479,7 +492,7 @@ def job_from_config(config, attention: str = "") -> tuple[str, typing.Any, typin
         comps = (preset_components(name, dtype=dtype, attention=att, weights=False)
                  if name in PRESET_MODELS else load(name, dtype, att))
         return "train", comps, run
-    from diffjax.pipeline import spec_from_config
+    from diffjax.sample_spec import spec_from_config
     spec = spec_from_config(config)
     att = attention or spec.attention
     att = "xla" if att == "auto" else att      # "auto" would resolve for this CPU

@@ -105,17 +105,39 @@ def param_shardings(abstract_params, mesh: Mesh, rules=DEFAULT_RULES):
                         is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
+def _row_owners(sharding, shape) -> dict[int, int]:
+    """{row: the lowest process index among those whose devices hold it} for a global
+    array of `shape` sharded over its first axis."""
+    owner: dict[int, int] = {}
+    for device, index in sharding.devices_indices_map(shape).items():
+        for r in range(*index[0].indices(shape[0])):
+            owner[r] = min(owner.get(r, device.process_index), device.process_index)
+    return owner
+
+
 def owned_rows(mesh: Mesh, batch_size: int) -> list[int]:
     """The rows of a batch (seed axis over the data axes) that this process writes: those
     its devices compute, a row held by several processes going to the lowest index (as
-    `TextToImage.generate_local` decides)."""
-    owner: dict[int, int] = {}
-    shape = (batch_size, 1)
-    for device, index in batch_sharding(mesh, 2).devices_indices_map(shape).items():
-        for r in range(*index[0].indices(batch_size)):
-            owner[r] = min(owner.get(r, device.process_index), device.process_index)
+    `local_rows` decides)."""
+    owner = _row_owners(batch_sharding(mesh, 2), (batch_size, 1))
     me = jax.process_index()
     return [r for r in range(batch_size) if owner.get(r) == me]
+
+
+def local_rows(out, n: int):
+    """(rows [n, ...] of a batch-sharded global array that this process can read, the
+    positions it owns): each row belongs to the lowest process index holding it, so on
+    many hosts each image is written once."""
+    rows = np.zeros((n, *out.shape[1:]), np.float32)
+    for shard in out.addressable_shards:
+        start = shard.index[0].start or 0
+        data = np.asarray(shard.data)
+        for k in range(data.shape[0]):
+            if start + k < n:
+                rows[start + k] = data[k]
+    owner = _row_owners(out.sharding, out.shape)
+    me = jax.process_index()
+    return rows, [r for r in range(n) if owner.get(r) == me]
 
 
 def any_process(flags) -> np.ndarray:

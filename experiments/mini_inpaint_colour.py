@@ -30,7 +30,8 @@ def main(out: str, n_images: int = 8, n_seeds: int = 16) -> dict:
     from diffjax.weights.load import load
     from diffjax.data import shapes as S
     from diffjax.metrics import shapes_oracle
-    from diffjax.pipeline import InitImage, TextToImage, spec_from_config
+    from diffjax.pipeline import TextToImage
+    from diffjax.sample_spec import InitImage, spec_from_config
     from diffjax.train.run_log import save_grid
 
     config = load_config("diffjax.configs.sample", [])

@@ -176,7 +176,8 @@ def test_preset_to_checkpoint_and_back(tmp_path):
 def test_trained_clip_skip_travels_with_the_model(tmp_path):
     """A model trained on an earlier text layer (diffjax-mini) declares it; a sample's
     clip_skip -1 then means that layer, through a folder and a diffjax checkpoint alike."""
-    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.pipeline import TextToImage
+    from diffjax.sample_spec import SampleSpec
     from diffjax.weights.diffusers_folder import CLIP_SKIP_KEY, export_sd_folder
     c = dataclasses.replace(preset_components("tiny", seed=0), clip_skip=2)
     export_sd_folder(c, str(tmp_path / "f"))

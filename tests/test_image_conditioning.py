@@ -20,7 +20,8 @@ from diffjax import images
 from diffjax.diffusion import image_conditioning as ic
 from diffjax.models.unet import UNet2DConditionModel
 from diffjax.models.vae import AutoencoderKL
-from diffjax.pipeline import InitImage, SampleSpec, TextToImage
+from diffjax.pipeline import TextToImage
+from diffjax.sample_spec import InitImage, SampleSpec
 from diffjax.weights import unet as wu
 from diffjax.weights.components import preset_components
 

@@ -73,7 +73,8 @@ def test_pipeline_places_what_it_lowered_for(tiny_bf16):
     """A bfloat16 pipeline's placed params have exactly the dtypes its program is lowered
     with (abstract_params), UNet kernels narrowed and norms float32, and a trained UNet set
     from float32 masters is cast the same way."""
-    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.pipeline import TextToImage
+    from diffjax.sample_spec import SampleSpec
     pipe = TextToImage(tiny_bf16, SampleSpec(steps=2, batch_size=jax.device_count(), dtype="bfloat16",
                                              attention="xla"))
     placed = jax.tree.map(lambda a: a.dtype, pipe.params)

@@ -144,7 +144,8 @@ def setup(tmp_path_factory):
 
 @pytest.mark.parity
 def test_fused_params_and_latents_equal_diffusers(setup):
-    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.pipeline import TextToImage
+    from diffjax.sample_spec import SampleSpec
     from diffjax.weights.diffusers_folder import load_sd_folder
     folder, fused, paths = setup
 
@@ -293,7 +294,8 @@ def test_sdxl_two_loras_equal_diffusers(tmp_path):
     pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (dev extra)")
     import diffusers
 
-    from diffjax.pipeline import SampleSpec, load_pipeline
+    from diffjax.pipeline_loading import load_pipeline
+    from diffjax.sample_spec import SampleSpec
     from diffjax.weights.clip import text_params_to_state_dict
     from diffjax.weights.diffusers_folder import export_sd_folder, load_sd_folder
     from diffjax.weights.unet import unet_params_to_state_dict

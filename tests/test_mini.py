@@ -21,7 +21,7 @@ from diffjax.weights.io import WeightsError
 @pytest.fixture(scope="module")
 def mini_pipe():
     from diffjax.config import load_config
-    from diffjax.pipeline import load_pipeline
+    from diffjax.pipeline_loading import load_pipeline
     config = load_config("diffjax.configs.sample", [])
     config.batch_size = 32
     config.compilation_cache = ""

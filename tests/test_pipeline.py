@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from diffjax.spec import ConfigError
-from diffjax.pipeline import SampleSpec, TextToImage, load_pipeline
+from diffjax.pipeline import TextToImage
+from diffjax.pipeline_loading import load_pipeline
+from diffjax.sample_spec import SampleSpec
 from diffjax.weights.components import preset_components
 from diffjax.weights.io import WeightsError
 

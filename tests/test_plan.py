@@ -7,6 +7,7 @@ marks as not fitting that the TPU compiler really refuses or that exceeds HBM.
 Skipped only where libtpu is not installed (CI installs the `tpu` extra).
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -32,20 +33,23 @@ def _plan(tmp_path, *args):
 
 
 def test_estimate_per_device():
-    """Utilisation is flops / (seconds x one device's peak) and images/s counts chips; a v4
-    device is half a chip (its peak and bandwidth halve). SD1.5's XLA-attention UNet call
-    on v5e (1.665 TFLOP, 50.5 GB) has a whole-program roofline of 61.7 ms."""
+    """Utilisation is flops / (seconds x one device's peak), at both ends of the range
+    (copies overlapped / waited for), and images/s counts chips; a v4 device is half a
+    chip (its peak and bandwidth halve); a compiler estimate is shown with the per-op
+    roofline beside it."""
     from diffjax import plan
     row = plan.Row("v5e:2x2", "v5e", 4, 4, (4, 1, 1), 4, "fits")
-    plan._estimate(row, tpu.CHIPS["v5e"], 1.665e12, 50.5e9, 0.02, "per-op roofline")
+    plan._estimate(row, tpu.CHIPS["v5e"], 1.665e12, 50.5e9, 0.02, "per-op roofline", 0.04)
     assert row.estimate_source == "per-op roofline"
     assert row.flop_utilisation == pytest.approx(1.665e12 / 197e12 / 0.02)
+    assert row.flop_utilisation_serial == pytest.approx(1.665e12 / 197e12 / 0.04)
     assert row.images_per_s_per_chip == pytest.approx(4 / 0.02 / 4)
-    assert plan.roofline_seconds(1.665e12, 50.5e9, tpu.CHIPS["v5e"], row) == \
-        pytest.approx(50.5e9 / 819e9)
+    assert plan._utilisation(dataclasses.asdict(row)) == "21-42%"
     v4 = plan.Row("v4:2x2x1", "v4", 8, 4, (8, 1, 1), 8, "fits")
     assert plan.device_peak(tpu.CHIPS["v4"], v4) == (275e12 / 2, 1228e9 / 2)
-    assert plan.roofline_seconds(275e12, 0, tpu.CHIPS["v4"], v4) == pytest.approx(2.0)
+    plan._estimate(v4, tpu.CHIPS["v4"], 275e12, 0, 4.0, "compiler", roofline_seconds=2.5)
+    assert v4.flop_utilisation == pytest.approx(0.5)
+    assert plan._source(dataclasses.asdict(v4)) == "compiler; roofline 2.5"
 
 
 @pytest.mark.slow   # two plan runs, three candidates: ~5 min on the shared 2-core VM

@@ -193,21 +193,23 @@ def test_pipeline_encodes_weighted_and_long_prompts(tok):
     arrays (the program every other test runs), emphasis / >75 tokens become chunked ids
     with weights for prompts and negatives alike, encode_text applies the A1111 rule per
     chunk, truncation happens only with max_prompt_chunks and is reported."""
-    import dataclasses
-
     import jax
 
-    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.pipeline import TextToImage
+    from diffjax.prompt_batches import weighted_ids
+    from diffjax.sample_spec import SampleSpec
     from diffjax.weights.components import preset_components
     c = preset_components("tiny")
     c.text_params["final_layer_norm"]["bias"] = np.linspace(-0.2, 0.6, 32).astype(np.float32)
     spec = SampleSpec(batch_size=2)
     pipe = TextToImage(c, spec, devices=jax.devices()[:2])
-    ids, neg = pipe._weighted_ids(["a cat", "a dog"], None, ["", "blurry"], None)
+    ids, neg, _ = weighted_ids(pipe.tokenizers, False, 0, ["a cat", "a dog"], None,
+                               ["", "blurry"], None)
     np.testing.assert_array_equal(ids, tok.tokenize(["a cat", "a dog"]).ids)
     long = " ".join(["red"] * 200)
-    ids, neg = pipe._weighted_ids(["a (cat:1.3)", long], None, ["", "blurry"], None)
-    assert ids["ids"].shape == neg["ids"].shape == (2, 3 * 77) and pipe.truncated == 0
+    ids, neg, truncated = weighted_ids(pipe.tokenizers, False, 0, ["a (cat:1.3)", long], None,
+                                       ["", "blurry"], None)
+    assert ids["ids"].shape == neg["ids"].shape == (2, 3 * 77) and truncated == 0
     np.testing.assert_array_equal(neg["ids"][0, 77:154], pw.empty_chunk(tok))
     params = {"text": c.text_params}
     got = np.asarray(jax.jit(pipe.encode_text)(params, ids))
@@ -215,10 +217,9 @@ def test_pipeline_encodes_weighted_and_long_prompts(tok):
         lambda i: pipe._text_modules()[0][1].apply({"params": c.text_params}, i).context,
         ids["ids"], ids["weights"]))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    cut = TextToImage(c, dataclasses.replace(spec, max_prompt_chunks=1),
-                      devices=jax.devices()[:2])
-    ids, _ = cut._weighted_ids([long, "x"], None, ["", ""], None)
-    assert cut.truncated == 125 and np.shape(ids) == (2, 77)
+    ids, _, truncated = weighted_ids(pipe.tokenizers, False, 1, [long, "x"], None, ["", ""],
+                                     None)
+    assert truncated == 125 and np.shape(ids) == (2, 77)
 
 
 def test_sdxl_weighted_contexts_match_the_plain_path():
@@ -227,18 +228,24 @@ def test_sdxl_weighted_contexts_match_the_plain_path():
     prompt's pooled embedding is its first chunk's (A1111)."""
     import jax
 
-    from diffjax.pipeline import SampleSpec, TextToImage
+    from diffjax.pipeline import TextToImage
+    from diffjax.prompt_batches import plain_ids, weighted_ids
+    from diffjax.sample_spec import SampleSpec
+    from diffjax.sdxl_conditioning import contexts
     from test_lora import _tiny_sdxl
     c = _tiny_sdxl()
     pipe = TextToImage(c, SampleSpec(batch_size=2, height=16, width=16),
                        devices=jax.devices()[:2])
     params = {"text": c.text_params, "text_2": c.text_params_2}
     prompts, negs = ["a red square", "a (blue:1.2) circle"], ["", "ugly"]
-    plain = [pipe._ids(prompts, ["", ""]), pipe._ids(negs, ["", ""])]
-    ids, neg = pipe._weighted_ids(prompts, ["", ""], negs, ["", ""])
+    toks = pipe.tokenizers
+    plain = [plain_ids(toks, True, prompts, ["", ""]), plain_ids(toks, True, negs, ["", ""])]
+    ids, neg, _ = weighted_ids(toks, True, 0, prompts, ["", ""], negs, ["", ""])
     assert isinstance(ids[0], dict) and ids[0]["ids"].shape == (2, 77)
-    ctx, unctx = jax.jit(pipe._sdxl_contexts)(params, ids, neg)
-    ref, unref = jax.jit(pipe._sdxl_contexts)(params, *plain)
+    sdxl_contexts = jax.jit(lambda params, ids, neg: contexts(
+        pipe._text_modules(), params, ids, neg, pipe.clip_skip, pipe._zeroed_empty_ids))
+    ctx, unctx = sdxl_contexts(params, ids, neg)
+    ref, unref = sdxl_contexts(params, *plain)
     # row 0 reads the same tokens both ways (row 1's plain ids keep "(", ":1.2", ")")
     for a, b, rows in ((ctx, ref, [0]), (unctx, unref, [0, 1])):
         for r in rows:
@@ -248,13 +255,12 @@ def test_sdxl_weighted_contexts_match_the_plain_path():
     assert not np.allclose(ctx["context"][1], ref["context"][1], atol=1e-3)   # emphasis
     assert np.all(np.asarray(unctx["context"][0]) == 0)   # force_zeros: no negative prompt
     long = " ".join(["red"] * 100)
-    ids, neg = pipe._weighted_ids([long, "a red"], ["", ""], negs, ["", ""])
-    ctx, _ = jax.jit(pipe._sdxl_contexts)(params, ids, neg)
+    ids, neg, _ = weighted_ids(toks, True, 0, [long, "a red"], ["", ""], negs, ["", ""])
+    ctx, _ = sdxl_contexts(params, ids, neg)
     first = {k: {"ids": v["ids"][:, :77], "weights": v["weights"][:, :77]}
              for k, v in enumerate(ids)}
-    ctx1, _ = jax.jit(pipe._sdxl_contexts)(params, (first[0], first[1]),
-                                           tuple({"ids": n["ids"][:, :77],
-                                                  "weights": n["weights"][:, :77]}
-                                                 for n in neg))
+    ctx1, _ = sdxl_contexts(params, (first[0], first[1]),
+                            tuple({"ids": n["ids"][:, :77], "weights": n["weights"][:, :77]}
+                                  for n in neg))
     assert ctx["context"].shape[1] == 2 * 77
     np.testing.assert_allclose(ctx["text_embeds"], ctx1["text_embeds"], rtol=1e-5, atol=1e-5)

@@ -136,7 +136,7 @@ def test_old_config_json_eta_and_order_become_options(tmp_path, sampler, eta, or
     """config.json files written before sampler.options existed (sampler.eta -1 / order 0
     meaning the sampler's default) still load and run the same options as then."""
     from diffjax.config import config_to_dict, load_config
-    from diffjax.pipeline import spec_from_config
+    from diffjax.sample_spec import spec_from_config
     data = config_to_dict(load_config("diffjax.configs.sample"))
     del data["sampler"]["options"]
     data["sampler"].update(name=sampler, eta=eta, order=order)

@@ -38,7 +38,9 @@ except ModuleNotFoundError:  # pragma: no cover
 
 import jax
 
-from diffjax.pipeline import BaseRefiner, InitImage, SampleSpec, TextToImage
+from diffjax.base_refiner import BaseRefiner
+from diffjax.pipeline import TextToImage
+from diffjax.sample_spec import InitImage, SampleSpec
 from diffjax.weights.diffusers_folder import export_sd_folder
 from diffjax.weights.load import load
 from sdxl_tiny import base_a, base_b, refiner
@@ -225,7 +227,7 @@ def test_time_ids_follow_diffusers_defaults():
     """Positive/negative ids: text-to-image copies the positive ones unless both negative
     sizes are set; img2img defaults each negative size and keeps the positive crop; the
     refiner replaces target size by the aesthetic score."""
-    from diffjax.pipeline import sdxl_time_ids
+    from diffjax.sdxl_conditioning import sdxl_time_ids
     s = SampleSpec(crops_coords_top_left=(1, 2))
     pos, neg = sdxl_time_ids(s, 64, 96, aesthetics=False, img2img=False)
     assert pos.tolist() == [64, 96, 1, 2, 64, 96] and neg.tolist() == pos.tolist()

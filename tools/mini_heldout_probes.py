@@ -43,7 +43,7 @@ def sample_pipeline(model: str, batch: int):
     """`model` with the default sample config at batch size `batch`: the setup every figure
     of tools/mini_recipe.py is measured with, so the probes' figures compare with its."""
     from diffjax.config import load_config
-    from diffjax.pipeline import load_pipeline
+    from diffjax.pipeline_loading import load_pipeline
     return load_pipeline(model, load_config("diffjax.configs.sample", [f"batch_size={batch}"]))
 
 

@@ -176,7 +176,7 @@ def sample_pipeline(model: str, batch: int):
     """`model` with the default sample config (diffjax.configs.sample) at batch size `batch`:
     what every figure of the recipe and its probes is measured with."""
     from diffjax.config import load_config
-    from diffjax.pipeline import load_pipeline
+    from diffjax.pipeline_loading import load_pipeline
     config = load_config("diffjax.configs.sample", [f"batch_size={batch}"])
     return load_pipeline(model, config)
 

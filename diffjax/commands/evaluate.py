@@ -225,7 +225,9 @@ def _generate(args, out, captions) -> list[str]:
     from diffjax import prompts
     from diffjax.commands.job import run_job
     from diffjax.config import apply_override, load_config, save_config
-    from diffjax.pipeline import enable_compilation_cache, load_pipeline, spec_from_config
+    from diffjax.pipeline import enable_compilation_cache
+    from diffjax.pipeline_loading import load_pipeline
+    from diffjax.sample_spec import spec_from_config
     from diffjax.sharding import owned_rows
     config = load_config(args.config, args.config_overrides)
     if args.model:

@@ -48,7 +48,7 @@ def apply_flags(config, args):
     aspect, pixels = getattr(args, "aspect", None), getattr(args, "pixels", None)
     if aspect is None and pixels is None:
         return None
-    from diffjax.pipeline import model_options
+    from diffjax.pipeline_loading import model_options
     from diffjax.weights.load import load
     comps = load(config.model, config.dtype, config.attention, 0, **model_options(config))
     factor = comps.vae_config.downsample_factor   # the UNet takes any latent size
@@ -86,8 +86,10 @@ def pipeline_for(config, spec, components=None):
     """The pipeline the config asks for: with config.image naming an init image, img2img
     or inpainting from it (the PNG metadata records the init image's and mask's file hashes
     (sha256) and the strength); else text-to-image."""
-    from diffjax.pipeline import (BaseRefiner, InitImage, TextToImage, add_embeddings,
-                                  fuse_loras, model_options)
+    from diffjax.base_refiner import BaseRefiner
+    from diffjax.pipeline import TextToImage
+    from diffjax.pipeline_loading import add_embeddings, fuse_loras, model_options
+    from diffjax.sample_spec import InitImage
     from diffjax.weights.load import load
     options = model_options(config)
     if components is None:

@@ -181,7 +181,7 @@ def run(args) -> int:
     # -- the user's inputs, checked before joining a job, loading or compiling ----------
     preflight.check_output_dir(config.out)
     items = job_items(config)
-    from diffjax.pipeline import spec_from_config
+    from diffjax.sample_spec import spec_from_config
     spec = spec_from_config(config)
     check_schedule(spec.schedule)
     if spec.height and spec.width:
@@ -203,7 +203,8 @@ def run(args) -> int:
 def _run_job(config, args, spec, items, comps, needs_model, stop) -> int:
     from diffjax.commands import image_flags, preflight
     from diffjax.config import check_finite
-    from diffjax.pipeline import enable_compilation_cache, spec_from_config
+    from diffjax.pipeline import enable_compilation_cache
+    from diffjax.sample_spec import spec_from_config
     # -- join the job (every process has passed the same checks) ------------------------
     import jax
 

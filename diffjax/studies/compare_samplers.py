@@ -330,7 +330,8 @@ class PipelineModel:
         return np.asarray(self._decode(c.vae_params, jnp.asarray(latents))).astype(np.uint8)
 
     def run(self, sampler, schedule, steps, guidance, sigma_min=0.0, options=None):
-        from diffjax.pipeline import SampleSpec, TextToImage
+        from diffjax.pipeline import TextToImage
+        from diffjax.sample_spec import SampleSpec
         spec = SampleSpec(sampler=sampler, steps=steps, schedule=schedule,
                           sampler_options=tuple(sorted((options or {}).items())),
                           guidance_scale=guidance, batch_size=len(self.seeds),

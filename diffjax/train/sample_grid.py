@@ -30,7 +30,8 @@ class GridSampler:
                  seeds: Sequence[int] = (0, 1), *, sampler: str = "dpmpp_2m", steps: int = 20,
                  guidance_scale: float = 3.0, scale: int = 2, clip_skip: int = -1):
         from diffjax import sharding
-        from diffjax.pipeline import SampleSpec, TextToImage
+        from diffjax.pipeline import TextToImage
+        from diffjax.sample_spec import SampleSpec
         if not prompts or not seeds:
             raise ValueError("GridSampler needs at least one prompt and one seed")
         self.prompts = [p for p in prompts for _ in seeds]
