@@ -168,7 +168,11 @@ def first_line(e: BaseException) -> str:
 @contextlib.contextmanager
 def count_network_calls():
     """Counts UNet calls while a program is traced: the calls its compiled form holds once
-    each (a scan's body is traced once). Yields a list whose length is the count."""
+    each (a scan's body is traced once). Yields a list whose length is the count, of each
+    call's input shape (rows first). Initialisations are not calls: lowering a pipeline
+    traces the UNet's init on a tiny example input the first time it reads the params'
+    inference dtypes (`models.inference_dtypes`), which must not be taken for the
+    sampler's step."""
     import flax.linen as nn
 
     from diffjax.models.unet import UNet2DConditionModel
@@ -177,6 +181,7 @@ def count_network_calls():
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, UNet2DConditionModel) and \
                 context.method_name == "__call__" and \
+                not context.module.is_initializing() and \
                 not isinstance(context.module.parent, nn.Module):   # the top-level call
             calls.append(tuple(getattr(args[0], "shape", ())))
         return next_fun(*args, **kwargs)
@@ -236,9 +241,8 @@ def program_estimate(compiled, chip: tpu.Chip, row: Row) -> dict:
     v5e and v6e). The roofline's seconds are kept in either case ("roofline_seconds").
 
     flops are the roofline's count of the program's matmul work (checked against analytic
-    counts), XLA's cost-analysis count is kept as "xla_flops": it counts a vmapped SD1.5
-    UNet call with one seed per chip at half its convolutions' work (0.91 TFLOP for 2
-    rows, 1.6 analytically), on v5e and v5p alike."""
+    counts: it is what its seconds are made of); XLA's cost-analysis count is kept as
+    "xla_flops"."""
     from diffjax.hlo_roofline import Roofline
     cost = cost_of(compiled)
     peak, bandwidth = device_peak(chip, row)

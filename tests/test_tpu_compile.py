@@ -14,8 +14,9 @@ two steps: compiling the scan's body once is what matters, the step count only s
 trip count). Of those, SD1.5's guided UNet step with the Pallas kernel compiles in every
 run; the whole sample programs, the SD1.5 train step and SDXL are marked `tpu_full`: a
 full-size TPU compile costs 4-16 minutes of CPU on a 2-core machine (the Pallas ones the
-most), eight of them several times the whole suite's budget, so they run with
-`pytest --tpu-full` (tests/conftest.py).
+most), eight of them several times the whole suite's budget (with two workers on 2 cores
+and 24 GB they had not finished after an hour, one worker grown to 23 GB), so they run
+with `pytest --tpu-full` (tests/conftest.py) on a bigger machine.
 Skipped otherwise only where libtpu is not installed (CI installs the extra).
 """
 
