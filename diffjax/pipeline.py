@@ -135,7 +135,6 @@ class TextToImage:
             # rows whose negative prompt is empty get zeros (force_zeros_for_empty_prompt)
             self._zeroed_empty_ids = (self.tokenizers[0].tokenize([""]).ids[0]
                                       if c.force_zeros_for_empty_prompt else None)
-        self.truncated = 0      # tokens dropped from a prompt by max_prompt_chunks (last call)
         self.weights = JobParams(c, self._vae_config(), self.mesh)
         self.param_shardings = self.weights.shardings
         rep = sharding.replicated(self.mesh)
@@ -372,7 +371,7 @@ class TextToImage:
         p2 = pad(prompts_2 or [self.spec.prompt_2] * n)
         n2 = pad(negatives_2 or [self.spec.negative_prompt_2] * n)
         if self.spec.prompt_syntax == "a1111":
-            ids, neg, self.truncated = prompt_batches.weighted_ids(
+            ids, neg, _ = prompt_batches.weighted_ids(   # truncation is logged there
                 self.tokenizers, self.sdxl, self.spec.max_prompt_chunks, pad(prompts), p2,
                 pad(negatives), n2)
         else:
