@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from diffjax.compiled_memory import programs_in_turn
 from diffjax.pipeline import TextToImage
 from diffjax.prompt_batches import by_group
 from diffjax.sample_spec import InitImage, SampleSpec
@@ -39,15 +40,9 @@ class BaseRefiner:
         return self.base.compile_seconds() + self.refiner.compile_seconds()
 
     def memory_plan(self) -> dict:
-        """Both programs' plans as one: both models' params stay on the devices
-        (arguments add up), the programs run one after the other (temporaries: the
-        larger), the base's latents are alive during the refiner's run (outputs add)."""
-        a, b = self.base.memory_plan(), self.refiner.memory_plan()
-        if not a or not b:
-            return {}
-        return {"argument_bytes": a["argument_bytes"] + b["argument_bytes"],
-                "output_bytes": a["output_bytes"] + b["output_bytes"],
-                "temp_bytes": max(a["temp_bytes"], b["temp_bytes"])}
+        """Both programs' plans as one (`compiled_memory.programs_in_turn`): the base's
+        latents are alive during the refiner's run, both models stay loaded."""
+        return programs_in_turn(self.base.memory_plan(), self.refiner.memory_plan())
 
     def generate_local(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None):
         groups = self.base.prompt_groups(prompts, negatives, prompts_2, negatives_2)

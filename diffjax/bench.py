@@ -270,7 +270,8 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
     import jax.numpy as jnp
 
     from diffjax.diffusion.samplers import get_sampler
-    from diffjax.pipeline import TextToImage, memory_plan
+    from diffjax.compiled_memory import memory_parts, needed_bytes
+    from diffjax.pipeline import TextToImage
     from diffjax.sample_spec import SampleSpec
     pipe = TextToImage(comps, SampleSpec(sampler=spec.sampler, steps=spec.steps,
                                          batch_size=b, height=spec.height,
@@ -288,8 +289,9 @@ def bench_batch(spec: BenchSpec, comps, b: int, peak: float | None,
     t0 = time.perf_counter()
     compiled_unet = unet_fn.lower(params, x, t, ctx).compile()
     unet_compile = time.perf_counter() - t0
-    unet_temp = memory_plan(compiled_unet).get("temp_bytes")
-    unet_planned = sum(memory_plan(compiled_unet).values()) or None
+    unet_plan = memory_parts(compiled_unet)
+    unet_temp = unet_plan.get("temp_bytes")
+    unet_planned = needed_bytes(unet_plan) or None
     _say(f"batch {b}: UNet call compiled in {unet_compile:.1f} s, planned temporaries "
          f"{unet_temp} bytes; counting FLOPs")
     xla_flops = unet_flops_xla(unet_cfg, params, x, t, ctx)

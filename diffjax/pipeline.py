@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import prompt_batches, sdxl_conditioning
+from diffjax.compiled_memory import memory_parts
 from diffjax.diffusion.denoising_range import continue_latents, split_index
 from diffjax.job_params import JobParams
 from diffjax.sample_spec import InitImage, SampleSpec
@@ -448,10 +449,10 @@ class TextToImage:
         return time.perf_counter() - t0
 
     def memory_plan(self) -> dict:
-        """XLA's memory plan of the batch's sample program, in bytes (compiles if needed):
-        what its arguments, outputs and temporaries need, so a batch can be sized to the
-        device before it runs. Empty where the backend gives no analysis."""
-        return memory_plan(self._executable())
+        """XLA's memory plan of the batch's sample program, in bytes per device (compiles
+        if needed; `compiled_memory.memory_parts`), so a batch can be sized to the device
+        before it runs. Empty where the backend gives no analysis."""
+        return memory_parts(self._executable())
 
     def run_global(self, prompts, negatives, seeds, prompts_2=None, negatives_2=None,
                    latents=None):
@@ -527,13 +528,3 @@ class TextToImage:
             if getattr(self, key, None):
                 meta[key] = dict(getattr(self, key))
         return meta
-
-
-def memory_plan(compiled) -> dict:
-    """Bytes of a compiled executable's arguments, outputs and temporaries (XLA's plan)."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return {}
-    return {"argument_bytes": int(m.argument_size_in_bytes),
-            "output_bytes": int(m.output_size_in_bytes),
-            "temp_bytes": int(m.temp_size_in_bytes)}

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import tpu
+from diffjax.compiled_memory import memory_parts, needed_bytes
 from diffjax.spec import ConfigError
 
 ESTIMATE_LABEL = ("compiler estimate (the TPU compiler's cost analysis: its optimal_seconds, "
@@ -135,16 +136,10 @@ def batch_sizes_for(spec: PlanSpec, data_ways: int) -> list[int]:
 
 
 def memory_of(compiled) -> dict:
-    """XLA's per-device memory plan of a compiled program (bytes)."""
-    m = compiled.memory_analysis()
-    parts = dict(argument_bytes=int(m.argument_size_in_bytes),
-                 output_bytes=int(m.output_size_in_bytes),
-                 alias_bytes=int(m.alias_size_in_bytes),
-                 temp_bytes=int(m.temp_size_in_bytes),
-                 code_bytes=int(m.generated_code_size_in_bytes))
-    parts["memory_bytes"] = (parts["argument_bytes"] + parts["output_bytes"]
-                             - parts["alias_bytes"] + parts["temp_bytes"] + parts["code_bytes"])
-    return parts
+    """XLA's per-device memory plan of a compiled program (bytes): its parts and what it
+    needs in all (`memory_bytes`), by `compiled_memory`'s rule."""
+    parts = memory_parts(compiled)
+    return {**parts, "memory_bytes": needed_bytes(parts)}
 
 
 def cost_of(compiled) -> dict:

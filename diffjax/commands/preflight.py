@@ -118,12 +118,13 @@ def check_device_memory(rows: int, height: int, width: int, first_channels: int,
 
 
 def check_program_memory(plan: dict, limit: int | None = None) -> None:
-    """Refuse a compiled program whose XLA memory plan (arguments + outputs + temporaries,
-    per device) exceeds one device's memory, before it runs."""
+    """Refuse a compiled program whose XLA memory plan (`compiled_memory.needed_bytes`, per
+    device) exceeds one device's memory, before it runs."""
+    from diffjax.compiled_memory import needed_bytes
     if not plan:
         return
     limit = device_memory_bytes() if limit is None else limit
-    need = plan["argument_bytes"] + plan["output_bytes"] + plan["temp_bytes"]
+    need = needed_bytes(plan)
     if limit and need > limit:
         raise ConfigError(
             f"the compiled sample program needs {fmt_gib(need)} per device (XLA's memory "
