@@ -88,6 +88,30 @@ def test_tiny_programs_compile():
     _compiled_fits(_train_step("tiny", v5e, (2, 2, 1), batch=4, resolution=32), v5e)
 
 
+@pytest.mark.slow
+@needs_libtpu
+def test_tiny_sdxl_program_compiles():
+    """SDXL's own path (two text towers, the pooled embedding and the time ids, the
+    text_time UNet embedding) for v5e:2x2, from configs alone: tests/sdxl_tiny.py's base A
+    with its params dropped, bf16, batch 4, CFG, one seed per chip. (~30 s of CPU here; the
+    SDXL-size program is tpu_full below.)"""
+    import dataclasses
+
+    from sdxl_tiny import base_a
+
+    from diffjax.pipeline import TextToImage
+    from diffjax.sample_spec import SampleSpec
+    tpu.quiet_libtpu()
+    v5e = TOPOLOGIES[0]
+    comps = dataclasses.replace(base_a(), text_params=None, text_params_2=None,
+                                unet_params=None, vae_params=None)
+    assert comps.is_sdxl and comps.text_config_2 is not None
+    spec = SampleSpec(sampler="euler", steps=2, batch_size=4, dtype="bfloat16")
+    pipe = TextToImage(comps, spec, devices=tpu.topology_devices(v5e))
+    _compiled_fits(pipe.lower().compile(), v5e)
+    assert not pipe.weights.is_placed
+
+
 @pytest.mark.tpu_full
 @needs_libtpu
 def test_tiny_image_conditioned_programs_and_v5p_train_step_compile():
