@@ -22,6 +22,8 @@ from importlib import resources
 
 import numpy as np
 
+from diffjax.multi_vector_tokens import expand_prompt, multi_vector_tokens
+
 log = logging.getLogger(__name__)
 
 MAX_LENGTH = 77
@@ -50,7 +52,6 @@ class Tokenizer:
         if None in (self.bos_id, self.eos_id, self.pad_id):
             raise ValueError("tokenizer lacks a bos, eos or pad token "
                              f"(bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})")
-        from diffjax.weights.textual_inversion import multi_vector_tokens
         # textual-inversion embeddings of n > 1 vectors: "tok" is tokenized as tok tok_1 ...
         self.multi_vector = multi_vector_tokens(hf_tokenizer.get_added_vocab())
 
@@ -58,7 +59,6 @@ class Tokenizer:
         """Each prompt's token ids without BOS/EOS/padding or truncation (multi-vector
         embedding tokens expanded, as diffusers' `maybe_convert_prompt`)."""
         if self.multi_vector:
-            from diffjax.weights.textual_inversion import expand_prompt
             prompts = [expand_prompt(p, self.multi_vector) for p in prompts]
         return self._tok(list(prompts), add_special_tokens=False)["input_ids"]
 

@@ -9,7 +9,7 @@ Formats, told by their keys:
 An embedding of n vectors becomes n new tokens, `token`, `token_1`, ..., `token_{n-1}` (as
 diffusers' `load_textual_inversion` names them), appended to the tokenizer (a copy of its
 folder with `added_tokens.json`) and to each tower's token-embedding matrix; a prompt's
-`token` is expanded to all n before tokenizing (`expand_prompt`, diffusers'
+`token` is expanded to all n before tokenizing (`multi_vector_tokens.expand_prompt`, diffusers'
 `maybe_convert_prompt`). A token that the tokenizer already knows (a word of the vocabulary
 or an earlier embedding) is refused: it would silently change what a prompt means.
 """
@@ -19,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 
 import numpy as np
 
+from diffjax.multi_vector_tokens import token_names
+from diffjax.text import BANG_PAD, load_tokenizer, write_tokenizer_dir
 from diffjax.weights.io import WeightsError
 
 
@@ -64,35 +65,9 @@ def read_embedding(path: str, allow_pickle: bool = False) -> tuple[dict[str, np.
         "expected string_to_param, emb_params, clip_l/clip_g or one {token: vectors})")
 
 
-def token_names(token: str, n: int) -> list[str]:
-    return [token] + [f"{token}_{i}" for i in range(1, n)]
-
-
-def expand_prompt(prompt: str, added: dict[str, int]) -> str:
-    """`token` -> `token token_1 ... token_{n-1}` for each multi-vector embedding (n > 1)
-    the prompt uses: a plain text replacement, exactly as diffusers' `maybe_convert_prompt`."""
-    for token, n in added.items():
-        if n > 1 and token in prompt:
-            prompt = prompt.replace(token, " ".join(token_names(token, n)))
-    return prompt
-
-
-def multi_vector_tokens(tokens: dict[str, int]) -> dict[str, int]:
-    """{token: n} of the multi-vector embeddings in an added-tokens map (token, token_1...)."""
-    out = {}
-    for t in tokens:
-        n = 1
-        while f"{t}_{n}" in tokens:
-            n += 1
-        if n > 1 and not re.search(r"_\d+$", t):
-            out[t] = n
-    return out
-
-
 def _tokenizer_with(folder: str | None, names: list[str], pad_token: str | None) -> str:
     """A copy of the tokenizer folder (None: the packaged vocabulary) with `names` added
     after its vocabulary (ids from the current length on). Refuses known tokens."""
-    from diffjax.text import load_tokenizer, write_tokenizer_dir
     tok = load_tokenizer(folder, pad_token=pad_token)
     vocab = tok._tok.get_vocab()
     known = [n for n in names if n in vocab or n.lower() in vocab or
@@ -133,7 +108,6 @@ def add_embedding(components, path: str, token: str | None = None,
     """Add an embedding file's tokens to `components` (tokenizer copies and token-embedding
     rows, in place). Token: `token`, else the file's own (diffusers), else the file name's
     stem (A1111). Returns (token, number of vectors)."""
-    from diffjax.text import BANG_PAD, load_tokenizer
     vectors, own = read_embedding(path, allow_pickle)
     token = token or own or os.path.splitext(os.path.basename(path))[0]
     sdxl = getattr(components, "text_config_2", None) is not None
