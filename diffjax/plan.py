@@ -494,7 +494,6 @@ def job_from_config(config, attention: str = "") -> tuple[str, typing.Any, typin
     from diffjax.sample_spec import spec_from_config
     spec = spec_from_config(config)
     att = attention or spec.attention
-    att = "xla" if att == "auto" else att      # "auto" would resolve for this CPU
     spec = dataclasses.replace(spec, attention=att)
     name = config.model
     comps = (preset_components(name, dtype=spec.dtype, attention=att, weights=False)

@@ -25,3 +25,18 @@ def test_attention_impls_agree(monkeypatch, group):
             np.testing.assert_allclose(
                 attention(q, k, v, impl=impl, chunk_size=128, is_causal=causal), ref,
                 atol=1e-5, rtol=0, err_msg=f"{impl} causal={causal}")
+
+
+def test_auto_is_chosen_for_the_platform_lowered_for(monkeypatch):
+    """"auto" is the chunked kernel in a program lowered for CPU and XLA's einsum in the
+    same trace lowered for TPU (ahead of time, as `diffjax plan` does on a CPU host): the
+    choice follows the target platform, not the tracing machine's backend. The chunked
+    kernel's loop over blocks is a while loop; XLA's einsum has none."""
+    import jax
+    monkeypatch.setattr(attention_kernels, "CHUNK_BLOCK_ELEMENTS", 128 * 300)
+    q = jnp.zeros((2, 300, 3, 8), jnp.float32)
+    traced = jax.jit(lambda q: attention(q, q, q, impl="auto", chunk_size=128)).trace(q)
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    tpu = traced.lower(lowering_platforms=("tpu",)).as_text()
+    assert "stablehlo.while" in cpu
+    assert "stablehlo.while" not in tpu and "stablehlo.dot_general" in tpu

@@ -3,7 +3,7 @@
 Every model (CLIP, UNet, VAE) calls `attention` so that all pick their kernel the same way
 (`impl`): XLA's einsum with a float32 softmax on every backend, cuDNN flash attention on
 GPU, or a chunked kernel that keeps memory to one block of logits (large images, and the
-fastest on CPU). "auto" chooses per backend.
+fastest on CPU). "auto" chooses per platform the program is lowered for.
 """
 
 from __future__ import annotations
@@ -138,12 +138,27 @@ def _pallas_attention(q, k, v, mask, scale):
                          check_vma=False)(q, k, v)
 
 
-def resolve_attention_impl(impl: str) -> str:
-    """"auto" picks the fastest kernel measured for the backend: cuDNN flash attention on
-    GPU, the cache-sized chunked kernel on CPU, XLA's fused einsum elsewhere (TPU)."""
-    if impl != "auto":
-        return impl
-    return {"gpu": "cudnn", "cpu": "chunked"}.get(jax.default_backend(), "xla")
+def _cudnn_attention(q, k, v, mask, scale):
+    on_gpu = jax.default_backend() == "gpu"
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale,
+        implementation="cudnn" if on_gpu and q.dtype in (jnp.float16, jnp.bfloat16)
+        else None)
+
+
+def _auto_attention(q, k, v, mask, scale, chunk_size):
+    """The fastest kernel measured for the platform the program is lowered for
+    (`lax.platform_dependent`, as the convolutions choose theirs): the cache-sized chunked
+    kernel on CPU, cuDNN flash attention on CUDA GPUs, XLA's fused einsum elsewhere (TPU).
+    Not the tracing machine's backend: a program traced on a CPU host and compiled for a
+    TPU slice (`diffjax plan`, ahead-of-time lowering) gets XLA's attention, not the CPU's
+    chunked loop. The cuDNN branch exists only where the tracing host has a GPU (tracing it
+    elsewhere fails: cuDNN is looked up when traced)."""
+    branches = {"cpu": lambda q, k, v: _chunked_attention(q, k, v, mask, scale, chunk_size),
+                "default": lambda q, k, v: _xla_attention(q, k, v, mask, scale)}
+    if jax.default_backend() == "gpu":
+        branches["cuda"] = lambda q, k, v: _cudnn_attention(q, k, v, mask, scale)
+    return jax.lax.platform_dependent(q, k, v, **branches)
 
 
 def attention(q, k, v, *, mask=None, is_causal: bool = False, impl: str = "xla",
@@ -158,25 +173,22 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, impl: str = "xla",
         (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU; on other backends
         XLA's own lowering of the same op), "chunked" (blocks of query rows, low memory,
         fastest on CPU), "pallas" (jax's Pallas TPU flash attention; XLA's path where its
-        blocks do not tile the sequences) or "auto" (per backend,
-        `resolve_attention_impl`).
+        blocks do not tile the sequences) or "auto" (per platform the program is lowered
+        for, `_auto_attention`).
       scale: logit scale, 1/sqrt(head_dim) by default.
     Returns: [batch, q_len, heads, head_dim] in v's dtype.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
-    impl = resolve_attention_impl(impl)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if is_causal:
         causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool))[None, None]
         mask = causal if mask is None else jnp.logical_and(mask, causal)
+    if impl == "auto":
+        return _auto_attention(q, k, v, mask, scale, chunk_size)
     if impl == "cudnn":
-        on_gpu = jax.default_backend() == "gpu"
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask, scale=scale,
-            implementation="cudnn" if on_gpu and q.dtype in (jnp.float16, jnp.bfloat16)
-            else None)
+        return _cudnn_attention(q, k, v, mask, scale)
     if impl == "chunked":
         return _chunked_attention(q, k, v, mask, scale, chunk_size)
     if impl == "pallas":
