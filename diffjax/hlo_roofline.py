@@ -22,6 +22,8 @@ What counts:
   count only towards the total that the bandwidth bounds;
 - a while loop's body once, as XLA's cost analysis counts it (the plan multiplies the
   network call by the scan's trip count itself); a conditional's most expensive branch.
+  A loop body can also be estimated alone (`loop_bodies`, `summary(body)`): the sampler
+  scan's body is one step, the network call in the context of the whole program.
 """
 
 from __future__ import annotations
@@ -229,12 +231,25 @@ class Roofline:
                      for c in costs if not c.overlapped)
         return max(serial, sum(c.hbm_bytes for c in costs) / self.bandwidth)
 
-    def summary(self) -> dict:
-        """seconds (the per-op roofline, async copies overlapped: the optimistic end),
+    def loop_bodies(self, name: str | None = None) -> list[str]:
+        """The bodies of the while loops a computation (the entry by default) runs, nested
+        ones after their parent, in program order."""
+        bodies = []
+        for inst in self.computations[name or self.entry]:
+            if inst.opcode == "while":
+                for body in _called(inst, "body"):
+                    bodies += [body, *self.loop_bodies(body)]
+            for callee in _called(inst, "to_apply") if inst.opcode == "call" else []:
+                bodies += self.loop_bodies(callee)
+        return bodies
+
+    def summary(self, name: str | None = None) -> dict:
+        """Of a computation (the entry by default: the whole program; or a loop body):
+        seconds (the per-op roofline, async copies overlapped: the optimistic end),
         serial_seconds (every copy waited for: the pessimistic end), matmul flops, HBM
         bytes, and the seconds of the ops bound by bandwidth (what keeps the estimate from
         peak)."""
-        costs = self.op_costs()
+        costs = self.op_costs(name)
         memory_bound = [c for c in costs if not c.overlapped
                         and c.hbm_bytes / self.bandwidth > c.flops / self.peak]
         return {"seconds": self.seconds_of(costs),

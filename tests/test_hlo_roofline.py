@@ -87,3 +87,20 @@ def test_memory_bound_ops_cost_their_bytes():
     big = _summary(_compiled(lambda a, b: a @ b, (4096, 4096), (4096, 4096)))
     assert big["seconds"] == pytest.approx(2 * 4096 ** 3 / PEAK, rel=1e-6)
     assert big["memory_bound_seconds"] == 0
+
+
+def test_a_loop_body_is_estimated_alone():
+    """A scan's body (what the sampler repeats per step) is found and estimated by itself:
+    one step's matmul, while the whole program counts the body once (as XLA does)."""
+    import jax
+    from diffjax.hlo_roofline import Roofline
+
+    def steps(x, w):
+        return jax.lax.fori_loop(0, 6, lambda i, y: jax.numpy.tanh(y @ w), x)
+    roof = Roofline(_compiled(steps, (1024, 1024), (1024, 1024)).as_text(), PEAK, BANDWIDTH)
+    bodies = roof.loop_bodies()
+    assert len(bodies) == 1
+    step = roof.summary(bodies[0])
+    assert step["matmul_flops"] == 2 * 1024 ** 3
+    assert roof.summary()["matmul_flops"] == step["matmul_flops"]
+    assert 0 < step["seconds"] <= roof.summary()["seconds"]
