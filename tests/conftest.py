@@ -55,8 +55,8 @@ def missing_parity_references() -> list[str]:
 def pytest_addoption(parser):
     parser.addoption("--tpu-full", action="store_true",
                      help="also compile the published-size programs for TPU topologies "
-                          "(tests marked tpu_full: 5-25 min of wall time each on a 2-core "
-                          "machine)")
+                          "(tests marked tpu_full: 1-24 min of wall time each on a 2-core "
+                          "machine; the SD1.5 train step needs 21 GB of memory)")
 
 
 def pytest_collection_modifyitems(config, items):
