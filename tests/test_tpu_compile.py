@@ -11,15 +11,15 @@ Two sizes: the tiny presets (text-to-image on a data mesh and on a sharded mesh 
 Pallas kernel, a tiny SDXL (two towers, pooled embedding, time ids) and the train step, in
 every run; img2img, inpainting and the second slice's train step with `--tpu-full`), and
 the published sizes (SD1.5 and SDXL, bf16, batch 4, two steps: compiling the scan's body
-once is what matters, the step count only sets its trip count). Of those, SD1.5's whole
-sample program on v5e with the Pallas kernel compiles in every run (and its scan body, the
-guided UNet call, is held to an estimated utilisation); the other slice, the FSDP mesh,
-the SD1.5 train step and SDXL are marked `tpu_full`: a full-size TPU compile costs 4-8
-minutes of both CPUs of a 2-core machine, the SD1.5 train step 24 minutes and 21 GB of
-memory (the TPU compiler's code generation, which runs on every core, takes ~90% of it;
-libtpu's effort flags did not shorten it), so the nine of them are several times the whole
-suite's budget and run with `pytest --tpu-full` (tests/conftest.py) on a machine with at
-least 32 GB (docs/performance.md has each one's time and memory).
+once is what matters, the step count only sets its trip count). Of those, SD1.5's guided
+UNet step with the Pallas kernel compiles in every run (held to an estimated utilisation);
+the whole sample programs (SD1.5 on both slices, data and FSDP meshes; SDXL) and the
+SD1.5 train step are marked `tpu_full`: a full-size TPU compile costs 4-8 minutes of both
+CPUs of a 2-core machine, the SD1.5 train step 24 minutes and 21 GB of memory (the TPU
+compiler's code generation, which runs on every core, takes ~90% of it; libtpu's effort
+flags did not shorten it), so the ten of them are several times the whole suite's budget
+and run with `pytest --tpu-full` (tests/conftest.py) on a machine with at least 32 GB
+(docs/performance.md has each one's time and memory).
 Skipped otherwise only where libtpu is not installed (CI installs the extra).
 """
 
@@ -152,10 +152,36 @@ def _train_step(model, topology, mesh, batch, resolution):
 # -- the published sizes ------------------------------------------------------------------
 @pytest.mark.slow
 @needs_libtpu
+def test_sd15_unet_step_compiles_for_v5e_with_pallas():
+    """The piece the sampler's scan repeats, at SD1.5's size, in every run: the guided UNet
+    call (CFG: 2 rows per seed, vmapped over 4 seeds as the scan runs it) for v5e:2x2, one
+    seed per chip, bf16 weights, Pallas flash attention under its shard_map. (~3-5 CPU-min
+    here; the whole sample program below is tpu_full.) Its estimated FLOP utilisation
+    (per-op roofline, copies overlapped) must stay above 40%: with the CPU's im2col
+    convolutions and float32 weights in the TPU program it was 14%."""
+    from diffjax import plan
+    v5e = TOPOLOGIES[0]
+    pipe = _pipeline("sd15", v5e, attention="pallas", batch=4)
+    lowered = plan.network_call_program(pipe, 4, 2)
+    # the kernel at each self-attention size (64^2, 32^2, 16^2; calls share their function)
+    assert lowered.as_text().count("tpu_custom_call") >= 3
+    compiled = lowered.compile()
+    mem = _compiled_fits(compiled, v5e)
+    assert mem["argument_bytes"] < 2 * GiB          # SD1.5's UNet in bf16 is 1.7 GB
+    row = plan.Row(v5e, "v5e", 4, 4, (4, 1, 1), 4, "fits")
+    est = plan.program_estimate(compiled, tpu.CHIPS["v5e"], row)
+    # SD1.5's UNet is 0.80 TFLOP per row at 512^2: 2 rows per chip
+    assert est["source"] == "per-op roofline" and 1.5e12 < est["flops"] < 2.0e12
+    assert est["flops"] / (est["seconds"] * tpu.CHIPS["v5e"].peak_bf16_flops) > 0.4, est
+
+
+@pytest.mark.tpu_full
+@needs_libtpu
 def test_sd15_sample_program_compiles_for_v5e_with_pallas():
-    """SD1.5's whole sample program at 512^2 in every run (text encoder -> 2-step Euler
-    scan -> VAE decode; bf16, batch 4, CFG, data-parallel over v5e:2x2, one seed per chip,
-    Pallas flash attention under its shard_map; ~4-7 CPU-min here). It fits a v5e chip,
+    """SD1.5's whole sample program at 512^2 (text encoder -> 2-step Euler scan -> VAE
+    decode; bf16, batch 4, CFG, data-parallel over v5e:2x2, one seed per chip, Pallas
+    flash attention under its shard_map; 780 s in a two-worker suite run, which put the
+    suite at 24 minutes, so tpu_full). It fits a v5e chip,
     and the scan's body, the guided UNet call (2 rows per seed) in the context of the
     program, keeps an estimated FLOP utilisation (per-op roofline, copies overlapped)
     above 40%: with the CPU's im2col convolutions and float32 weights in the TPU program
@@ -168,7 +194,7 @@ def test_sd15_sample_program_compiles_for_v5e_with_pallas():
     assert lowered.as_text().count("tpu_custom_call") >= 3
     compiled = lowered.compile()
     mem = _compiled_fits(compiled, v5e)
-    assert mem["argument_bytes"] < 3 * GiB      # SD1.5's UNet in bf16 is 1.7 GB
+    assert mem["argument_bytes"] < 3 * GiB      # the UNet in bf16 is 1.7 GB, all params 2.2
     roof = Roofline(compiled.as_text(), chip.peak_bf16_flops, chip.hbm_bytes_per_s)
     step = max((roof.summary(b) for b in roof.loop_bodies()), key=lambda s: s["matmul_flops"])
     # SD1.5's UNet is 0.80 TFLOP per row at 512^2: 2 rows per chip
