@@ -129,5 +129,7 @@ def check_program_memory(plan: dict, limit: int | None = None) -> None:
         raise ConfigError(
             f"the compiled sample program needs {fmt_gib(need)} per device (XLA's memory "
             f"plan: arguments {fmt_gib(plan['argument_bytes'])}, outputs "
-            f"{fmt_gib(plan['output_bytes'])}, temporaries {fmt_gib(plan['temp_bytes'])}); a "
-            f"device has {fmt_gib(limit)}; use a smaller height/width or batch_size")
+            f"{fmt_gib(plan['output_bytes'])}, temporaries {fmt_gib(plan['temp_bytes'])}, code "
+            f"{fmt_gib(plan['code_bytes'])}, less {fmt_gib(plan['alias_bytes'])} shared by "
+            f"donated arguments and outputs); a device has {fmt_gib(limit)}; use a smaller "
+            "height/width or batch_size")
