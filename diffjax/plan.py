@@ -139,6 +139,8 @@ def memory_of(compiled) -> dict:
     """XLA's per-device memory plan of a compiled program (bytes): its parts and what it
     needs in all (`memory_bytes`), by `compiled_memory`'s rule."""
     parts = memory_parts(compiled)
+    if not parts:       # a candidate with no plan must not read as "fits" (0 bytes)
+        raise ValueError("the compiler gave no memory analysis for this program")
     return {**parts, "memory_bytes": needed_bytes(parts)}
 
 
