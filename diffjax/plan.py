@@ -23,8 +23,9 @@ while tracing it (`count_network_calls`). A training step has no loop: its estim
 its own.
 
 Candidates are swept per topology and mesh with growing batch sizes; the first batch that
-does not fit ends that mesh's sweep (memory grows with the batch). The recommendation per
-topology is the fitting candidate with the most estimated images/s per chip.
+does not fit ends that mesh's sweep (memory grows with the batch). With `largest`, the
+sweep then bisects for the largest batch that fits (`largest_fitting`). The recommendation
+per topology is the fitting candidate with the most estimated images/s per chip.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class PlanSpec:
     batch_sizes: tuple[int, ...] = ()
     meshes: tuple[str, ...] = ("data",)
     attention: str = ""       # "" = the config's ("auto" becomes XLA's on TPU)
+    # after the sweep: keep doubling until a batch does not fit, then bisect between the
+    # last that fits and the first that does not (`largest_fitting`)
+    largest: bool = False
 
 
 @dataclasses.dataclass
@@ -133,6 +137,50 @@ def batch_sizes_for(spec: PlanSpec, data_ways: int) -> list[int]:
     if spec.batch_sizes:
         return sorted(b for b in set(spec.batch_sizes) if b % data_ways == 0)
     return [data_ways * k for k in (1, 2, 4, 8, 16, 32)]
+
+
+def memory_refusal(status: str, error: str) -> bool:
+    """Did a candidate not fit for lack of memory (rather than fail for another reason,
+    which says nothing about larger or smaller batches)?"""
+    return status == "exceeds HBM" or (status == "does not compile"
+                                       and "RESOURCE_EXHAUSTED" in error)
+
+
+def largest_fitting(fits, fitting: int, refused: int, step: int) -> int:
+    """The largest multiple of `step` that fits, between `fitting` (fits) and `refused`
+    (a larger batch that does not), by bisection: `fits(batch)` compiles one candidate and
+    says True, False, or None where it failed for a reason other than memory (the search
+    stops there, returning what it has). Assumes memory does not shrink as the batch grows
+    (it is flat in places: the compiler plans programs near the HBM limit more tightly), so
+    one fitting batch vouches for all below it. A refused candidate fails in the compiler's
+    memory check, before code generation: the bisection's refusals are cheap, its fits
+    cost a full compile each."""
+    if fitting % step or refused % step or not 0 < fitting < refused:
+        raise ValueError(f"largest_fitting: expected multiples of {step} with "
+                         f"0 < fitting < refused, got {fitting} and {refused}")
+    lo, hi = fitting // step, refused // step
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        answer = fits(mid * step)
+        if answer is None:
+            break
+        lo, hi = (mid, hi) if answer else (lo, mid)
+    return lo * step
+
+
+def fit_bounds(rows: list[dict]) -> dict[tuple, tuple[int, int]]:
+    """Per (topology, mesh): (the largest batch compiled that fits, the smallest larger
+    batch refused for memory), 0 where there is none."""
+    bounds: dict[tuple, tuple[int, int]] = {}
+    for r in rows:
+        key = (r["topology"], tuple(r["mesh"]))
+        good, bad = bounds.get(key, (0, 0))
+        if r["status"] == "fits":
+            good = max(good, r["batch_size"])
+        elif memory_refusal(r["status"], r["error"]):
+            bad = min(bad, r["batch_size"]) if bad else r["batch_size"]
+        bounds[key] = (good, bad)
+    return bounds
 
 
 def memory_of(compiled) -> dict:
@@ -357,7 +405,8 @@ def run_plan(job, plan: PlanSpec, progress=print, on_row=lambda result: None) ->
             sizes = batch_sizes_for(plan, data_ways)
             if not sizes:
                 progress(f"{topology} mesh {shape}: no batch size divisible by {data_ways}")
-            for b in sizes:
+
+            def candidate(b: int) -> Row:
                 row = Row(topology, chip.name, n, chips, shape, b, "", hbm_bytes=hbm)
                 progress(f"[{topology} mesh {'x'.join(map(str, shape))} batch {b}] "
                          "compiling ...")
@@ -371,9 +420,37 @@ def run_plan(job, plan: PlanSpec, progress=print, on_row=lambda result: None) ->
                 rows.append(row)
                 progress("    " + progress_line(row))
                 on_row(result_dict(kind, components, spec, plan, rows))
-                if not row.fits:
-                    break
+                return row
+
+            _sweep(candidate, sizes, data_ways, plan.largest, progress)
     return result_dict(kind, components, spec, plan, rows)
+
+
+def _sweep(candidate, sizes: list[int], data_ways: int, largest: bool, progress) -> None:
+    """Compile `sizes` in order until one does not fit; with `largest`, go on doubling
+    past the last size until one is refused for memory (at most 4096 per data shard),
+    then bisect for the largest batch that fits."""
+    fitting = refused = 0
+    queue = list(sizes)
+    while queue:
+        b = queue.pop(0)
+        row = candidate(b)
+        if not row.fits:
+            refused = b if memory_refusal(row.status, row.error) else 0
+            break
+        fitting = b
+        if largest and not queue and b < 4096 * data_ways:
+            queue.append(2 * b)
+    if not (largest and fitting and refused):
+        return
+
+    def fits(b: int):
+        row = candidate(b)
+        return True if row.fits else (False if memory_refusal(row.status, row.error)
+                                      else None)
+
+    best = largest_fitting(fits, fitting, refused, data_ways)
+    progress(f"    largest batch that fits: {best}")
 
 
 def progress_line(row: Row) -> str:
@@ -443,6 +520,13 @@ def markdown(result: dict) -> str:
                else "- | - | ")
             + f"{r['compile_seconds']:.0f} |")
     lines.append("")
+    for (topology, mesh), (good, bad) in fit_bounds(result["rows"]).items():
+        if good and bad:
+            step = mesh[0] * mesh[1]
+            what = ("the largest batch that fits" if bad - good == step
+                    else "the largest batch compiled that fits")
+            lines.append(f"- **{topology}**, mesh {','.join(map(str, mesh))}: {what} is "
+                         f"{good}; {bad} does not fit.")
     for topology, index in result["recommended"].items():
         if index is None:
             lines.append(f"- **{topology}**: no candidate fits (or none has an estimate).")

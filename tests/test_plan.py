@@ -52,6 +52,59 @@ def test_estimate_per_device():
     assert plan._source(dataclasses.asdict(v4)) == "compiler; roofline 2.5"
 
 
+def _fake_sweep(limit, sizes, largest, data_ways=4, broken=()):
+    """plan's sweep against a fake compiler: a batch fits up to `limit`, above it the
+    compiler refuses it for memory (the message libtpu gives), and batches in `broken`
+    fail for another reason. Returns the batches compiled, in order, and the rows."""
+    from diffjax import plan
+    rows = []
+
+    def candidate(b):
+        row = plan.Row("v5e:2x2", "v5e", 4, 4, (data_ways, 1, 1), b, "fits")
+        if b in broken:
+            row.status, row.error = "does not compile", "ValueError: something else"
+        elif b > limit:
+            row.status = "does not compile"
+            row.error = ("JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, "
+                         "the total memory required for HLO temporaries (18.14G) exceeds "
+                         "available HBM (15.75G).")
+        rows.append(dataclasses.asdict(row))
+        return row
+
+    plan._sweep(candidate, sizes, data_ways, largest, progress=lambda s: None)
+    return [r["batch_size"] for r in rows], rows
+
+
+def test_largest_batch_is_bisected_between_a_fit_and_a_refusal():
+    """--largest: the doubling sweep, then bisection in steps of the data shards, each
+    batch compiled once; the Markdown names the bound. On v5e-4, SD1.5 with Pallas
+    attention fits at 92 and is refused at 100 (docs/performance.md): the numbers here."""
+    from diffjax import plan
+    default = [4, 8, 16, 32, 64, 128]
+    tried, rows = _fake_sweep(92, default, largest=True)
+    assert tried == default + [96, 80, 88, 92]         # 64..128 by 4: four probes
+    assert len(set(tried)) == len(tried)
+    assert plan.fit_bounds(rows) == {("v5e:2x2", (4, 1, 1)): (92, 96)}
+    result = {"kind": "sample", "model": "sd15", "job": {"steps": 50}, "rows": rows,
+              "recommended": {}}
+    assert ("- **v5e:2x2**, mesh 4,1,1: the largest batch that fits is 92; 96 does not "
+            "fit.") in plan.markdown(result)
+
+    # without --largest the sweep stops at the first refusal, and says only what it saw
+    tried, rows = _fake_sweep(92, default, largest=False)
+    assert tried == default
+    assert "the largest batch compiled that fits is 64; 128 does not fit." in \
+        plan.markdown({**result, "rows": rows})
+    # every given size fits: --largest keeps doubling until one is refused
+    assert _fake_sweep(92, [8], largest=True)[0] == [8, 16, 32, 64, 128, 96, 80, 88, 92]
+    # a failure that is not memory says nothing about other sizes: no bisection from it,
+    # and a bisection that meets one stops with what it has
+    assert _fake_sweep(92, default, largest=True, broken={128})[0] == default
+    assert _fake_sweep(92, default, largest=True, broken={80})[0] == default + [96, 80]
+    with pytest.raises(ValueError, match="multiples of 4"):
+        plan.largest_fitting(lambda b: True, 64, 126, 4)
+
+
 def test_network_calls_are_the_sampler_steps_not_an_initialisation():
     """The network call plan compiles on its own is the one the scan repeats: the guided
     UNet on 2 rows per seed (CFG). A pipeline's first lowering in a process also traces

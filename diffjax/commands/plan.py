@@ -41,6 +41,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mesh", action="append", default=None,
                         help="mesh kind data | fsdp | tensor, or sizes 'd,f,t' (repeatable; "
                              "default: data)")
+    parser.add_argument("--largest", action="store_true",
+                        help="find the largest batch that fits: after the sweep, keep "
+                             "doubling until one does not fit, then bisect (a refusal "
+                             "costs seconds, each fitting batch a full compile)")
     parser.add_argument("--attention", default="",
                         help="attention kernel for the job (default: the config's)")
     parser.add_argument("--out", default="", help="directory for plan.json and plan.md")
@@ -64,7 +68,8 @@ def run(args) -> int:
     config = load_config(args.config, args.config_overrides)
     spec = plan.PlanSpec(topologies=tuple(args.topology),
                          batch_sizes=_ints(args.batch_sizes) if args.batch_sizes else (),
-                         meshes=tuple(args.mesh or ("data",)), attention=args.attention)
+                         meshes=tuple(args.mesh or ("data",)), attention=args.attention,
+                         largest=args.largest)
     job = plan.job_from_config(config, spec.attention)
     for t in spec.topologies:
         try:
