@@ -151,7 +151,7 @@ def largest_fitting(fits, fitting: int, refused: int, step: int) -> int:
     (a larger batch that does not), by bisection: `fits(batch)` compiles one candidate and
     says True, False, or None where it failed for a reason other than memory (the search
     stops there, returning what it has). Assumes memory does not shrink as the batch grows
-    (it is flat in places: the compiler plans programs near the HBM limit more tightly), so
+    (it is flat in places: apparently the compiler plans programs near HBM more tightly), so
     one fitting batch vouches for all below it. A refused candidate fails in the compiler's
     memory check, before code generation: the bisection's refusals are cheap, its fits
     cost a full compile each."""
