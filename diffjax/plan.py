@@ -40,7 +40,7 @@ import typing
 import jax
 import jax.numpy as jnp
 
-from diffjax import tpu
+from diffjax import sharding, tpu
 from diffjax.compiled_memory import memory_parts, needed_bytes
 from diffjax.spec import ConfigError
 
@@ -169,8 +169,8 @@ def largest_fitting(fits, fitting: int, refused: int, step: int) -> int:
 
 
 def fit_bounds(rows: list[dict]) -> dict[tuple, tuple[int, int]]:
-    """Per (topology, mesh): (the largest batch compiled that fits, the smallest larger
-    batch refused for memory), 0 where there is none."""
+    """Per (topology, mesh): (the largest batch compiled that fits, the smallest batch
+    refused for memory), 0 where there is none."""
     bounds: dict[tuple, tuple[int, int]] = {}
     for r in rows:
         key = (r["topology"], tuple(r["mesh"]))
@@ -401,7 +401,7 @@ def run_plan(job, plan: PlanSpec, progress=print, on_row=lambda result: None) ->
         hbm = tpu.hbm_per_device(topology, devices)
         for mesh_kind in plan.meshes:
             shape = mesh_shape(mesh_kind, n)
-            data_ways = shape[0] * shape[1]
+            data_ways = sharding.data_ways(shape)
             sizes = batch_sizes_for(plan, data_ways)
             if not sizes:
                 progress(f"{topology} mesh {shape}: no batch size divisible by {data_ways}")
@@ -450,7 +450,7 @@ def _sweep(candidate, sizes: list[int], data_ways: int, largest: bool, progress)
                                       else None)
 
     best = largest_fitting(fits, fitting, refused, data_ways)
-    progress(f"    largest batch that fits: {best}")
+    progress(f"    largest batch found that fits: {best}")
 
 
 def progress_line(row: Row) -> str:
@@ -522,8 +522,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     for (topology, mesh), (good, bad) in fit_bounds(result["rows"]).items():
         if good and bad:
-            step = mesh[0] * mesh[1]
-            what = ("the largest batch that fits" if bad - good == step
+            what = ("the largest batch that fits" if bad - good == sharding.data_ways(mesh)
                     else "the largest batch compiled that fits")
             lines.append(f"- **{topology}**, mesh {','.join(map(str, mesh))}: {what} is "
                          f"{good}; {bad} does not fit.")

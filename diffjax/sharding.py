@@ -67,9 +67,15 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def data_ways(shape: Sequence[int]) -> int:
+    """How many ways a mesh of this ('data','fsdp','tensor') shape splits the batch (data x
+    fsdp): what a batch size must be a multiple of."""
+    return int(np.prod([shape[MESH_AXES.index(a)] for a in DATA_AXES]))
+
+
 def data_size(mesh: Mesh) -> int:
     """How many ways the batch axis is split (data x fsdp)."""
-    return int(np.prod([mesh.shape[a] for a in DATA_AXES]))
+    return data_ways([mesh.shape[a] for a in MESH_AXES])
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

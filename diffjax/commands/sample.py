@@ -163,7 +163,7 @@ def check_mesh(spec) -> None:
     from diffjax import sharding
     from diffjax.spec import ConfigError
     shape = sharding.resolve_mesh_shape(spec.mesh_shape, jax.device_count())
-    n_data = shape[0] * shape[1]
+    n_data = sharding.data_ways(shape)
     if spec.batch_size % n_data:
         raise ConfigError(f"batch_size {spec.batch_size} cannot be split over the mesh's data "
                           f"axes (data x fsdp = {n_data}, mesh {shape}); use a multiple of "
